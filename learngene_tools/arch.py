@@ -1,0 +1,67 @@
+"""Model specs: ``timm:NAME`` (or a bare timm name), ``torchvision:NAME``, ``package.module:factory``.
+
+Every model is built with random initialisation; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import LgtError
+
+_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_model_spec(text: str) -> bool:
+    """True for `prefix:name` strings that are not existing files."""
+    return bool(_SPEC.match(text)) and not Path(text).exists()
+
+
+def build_model(spec: str, seed: int = 0) -> nn.Module:
+    """Build a randomly initialised model from a spec (seeded, so the same spec gives the same weights)."""
+    torch.manual_seed(seed)
+    prefix, _, name = spec.partition(":") if ":" in spec else ("timm", ":", spec)
+    try:
+        if prefix == "timm":
+            import timm
+
+            import learngene_tools.auxiliary  # noqa: F401  (registers lgt_aux_* with timm)
+
+            if not timm.is_model(name):
+                raise LgtError(f"unknown timm model {name!r}; `python -c \"import timm; print(timm.list_models('*{name[:4]}*'))\"` lists near names")
+            return timm.create_model(name, pretrained=False)
+        if prefix == "torchvision":
+            import torchvision
+
+            try:
+                builder = torchvision.models.get_model_builder(name)
+            except ValueError:
+                raise LgtError(f"unknown torchvision model {name!r}") from None
+            try:
+                return builder(weights=None, weights_backbone=None)
+            except TypeError:
+                return builder(weights=None)
+        module = importlib.import_module(prefix)
+        factory = getattr(module, name, None)
+        if not callable(factory):
+            raise LgtError(f"{spec}: {prefix} has no callable {name!r}")
+        model = factory()
+    except ImportError as e:
+        raise LgtError(f"{spec}: cannot import {e.name or prefix} ({e}); install it first") from None
+    if not isinstance(model, nn.Module):
+        raise LgtError(f"{spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def default_input_size(model: nn.Module, in_chans: int) -> tuple[int, int, int]:
+    """(C, H, W) for a dummy forward pass: timm's pretrained_cfg input size when known, else 224."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if size and len(size) == 3:
+        return (in_chans, int(size[1]), int(size[2]))
+    return (in_chans, 224, 224)

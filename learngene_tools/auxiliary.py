@@ -1,0 +1,193 @@
+"""The CLKG auxiliary model: a plain 3-stage stack of 3x3 conv + BN + ReLU, stage outputs at strides 4/8/16.
+
+Registered with timm (``lgt_aux_tiny``, ``lgt_aux_small``, ``lgt_aux_base``) so that
+``timm.create_model(name, features_only=True)`` works once ``learngene_tools`` is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import LgtError
+
+AUX_CONFIG_KEY = "lgt.aux_config"
+_CONV_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.conv\.weight$")
+
+
+@dataclass(frozen=True)
+class AuxConfig:
+    """Widths and depths of the three stages; the first stage needs two layers to reach stride 4."""
+
+    widths: tuple[int, int, int] = (64, 128, 256)
+    depths: tuple[int, int, int] = (3, 4, 4)
+    in_chans: int = 3
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != 3 or len(self.depths) != 3:
+            raise LgtError("auxiliary model: widths and depths need exactly 3 entries (one per stage)")
+        if self.depths[0] < 2 or min(self.depths) < 1 or min(self.widths) < 1:
+            raise LgtError("auxiliary model: stage 1 needs depth >= 2, every stage depth >= 1 and width >= 1")
+
+    def layer_strides(self, stage: int) -> list[int]:
+        """Stride of each conv in a stage (0-based stage index)."""
+        first = [2, 2] if stage == 0 else [2]
+        return (first + [1] * self.depths[stage])[: self.depths[stage]]
+
+    def to_json(self) -> str:
+        """Stable JSON for checkpoint and bundle metadata."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AuxConfig":
+        """Inverse of `to_json`."""
+        d = json.loads(text)
+        return cls(widths=tuple(d["widths"]), depths=tuple(d["depths"]), in_chans=int(d.get("in_chans", 3)))
+
+
+VARIANTS = {
+    "lgt_aux_tiny": AuxConfig(widths=(8, 16, 32), depths=(2, 2, 2)),
+    "lgt_aux_small": AuxConfig(widths=(32, 64, 128), depths=(2, 3, 3)),
+    "lgt_aux_base": AuxConfig(widths=(64, 128, 256), depths=(3, 4, 4)),
+}
+
+
+class ConvBnAct(nn.Sequential):
+    """3x3 conv (no bias) -> BatchNorm -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU(inplace=True)
+
+
+class AuxNet(nn.Module):
+    """The auxiliary CNN; `forward_features` returns the stride-16 map, `forward` class logits."""
+
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (64, 128, 256),
+        depths: tuple[int, ...] = (3, 4, 4),
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        drop_rate: float = 0.0,
+        **_: Any,
+    ) -> None:
+        super().__init__()
+        self.cfg = AuxConfig(tuple(widths), tuple(depths), in_chans)  # type: ignore[arg-type]
+        self.num_classes = num_classes
+        self.num_features = widths[-1]
+        stages, cin, reduction = [], in_chans, 1
+        self.feature_info = []
+        for i, (w, d) in enumerate(zip(widths, depths)):
+            layers = []
+            for s in self.cfg.layer_strides(i):
+                layers.append(ConvBnAct(cin, w, s))
+                cin, reduction = w, reduction * s
+            stages.append(nn.Sequential(*layers))
+            self.feature_info.append(dict(num_chs=w, reduction=reduction, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(widths[-1], num_classes) if num_classes > 0 else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def get_classifier(self) -> nn.Module:
+        """timm interface: the classification layer."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        """timm interface: replace the classifier."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map of the last stage (stride 16)."""
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool, then classify unless `pre_logits`."""
+        x = self.head_drop(self.global_pool(x).flatten(1))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def config_from_state_dict(state: dict[str, torch.Tensor], source: str = "checkpoint") -> AuxConfig:
+    """Recover an AuxConfig from auxiliary-model keys and shapes alone."""
+    layers: dict[int, dict[int, tuple[int, ...]]] = {}
+    for k, v in state.items():
+        m = _CONV_KEY.match(k)
+        if m:
+            layers.setdefault(int(m[1]), {})[int(m[2])] = tuple(v.shape)
+    if sorted(layers) != [0, 1, 2] or any(sorted(s) != list(range(len(s))) for s in layers.values()):
+        raise LgtError(
+            f"{source}: not a learngene_tools auxiliary model (expected keys stages.<0-2>.<j>.conv.weight); "
+            "train one with `lgt distill` or build it with timm.create_model('lgt_aux_base')"
+        )
+    widths = tuple(layers[i][0][0] for i in range(3))
+    depths = tuple(len(layers[i]) for i in range(3))
+    return AuxConfig(widths, depths, layers[0][0][1])  # type: ignore[arg-type]
+
+
+def create_aux(config: AuxConfig, num_classes: int = 0) -> AuxNet:
+    """Build an auxiliary model from a config (no classifier by default: distillation needs none)."""
+    return AuxNet(config.widths, config.depths, config.in_chans, num_classes=num_classes)
+
+
+def save_aux(model: AuxNet, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
+    """Save an auxiliary model as safetensors with its config in the metadata (atomically)."""
+    from safetensors.torch import save_file
+
+    from .checkpoint_io import atomic_path
+
+    path = Path(path)
+    meta = {AUX_CONFIG_KEY: model.cfg.to_json(), **(extra_metadata or {})}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def _register() -> None:
+    from timm.models import build_model_with_cfg, register_model
+    from timm.models._registry import _model_entrypoints, generate_default_cfgs
+
+    if "lgt_aux_base" in _model_entrypoints:
+        return
+    globals()["default_cfgs"] = generate_default_cfgs({
+        f"{name}.untrained": {
+            "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (14, 14),
+            "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bicubic",
+            "first_conv": "stages.0.0.conv", "classifier": "head", "license": "mit",
+        }
+        for name in VARIANTS
+    })
+
+    def make(name: str, cfg: AuxConfig):
+        def factory(pretrained: bool = False, **kwargs: Any) -> AuxNet:
+            kwargs = {"widths": cfg.widths, "depths": cfg.depths, **kwargs}
+            return build_model_with_cfg(
+                AuxNet, name, pretrained, feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2)), **kwargs
+            )
+
+        factory.__name__ = name
+        factory.__qualname__ = name
+        factory.__doc__ = f"CLKG auxiliary model {name}: widths {cfg.widths}, depths {cfg.depths}."
+        factory.__module__ = __name__
+        return register_model(factory)
+
+    for name, cfg in VARIANTS.items():
+        globals()[name] = make(name, cfg)
+
+
+_register()

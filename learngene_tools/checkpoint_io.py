@@ -1,0 +1,320 @@
+"""Checkpoint I/O: read any state_dict checkpoint, write it back in its own format and wrapper.
+
+Formats are told apart by content, not extension: safetensors (length-prefixed JSON
+header), torch zip pickles and legacy torch pickles. Pickles load with
+``weights_only=True`` unless the caller trusts the file. Outputs are written to a
+temporary file in the destination folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from .errors import LgtError
+from .safetensors_header import SafetensorsHeader, looks_like_safetensors, read_header
+
+WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module", "net", "network")
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+
+ST_TO_TORCH = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+}
+TORCH_TO_ST = {v: k for k, v in ST_TO_TORCH.items()}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: tensors by unprefixed key, plus what is needed to write it back as it was."""
+
+    source: str
+    fmt: str  # "safetensors" | "pickle" | "model"
+    shapes: dict[str, tuple[int, ...]]  # unprefixed key -> shape, in checkpoint order
+    dtypes: dict[str, torch.dtype]
+    prefix: str = ""
+    wrapper: tuple[str, ...] = ()
+    path: Path | None = None
+    arch: str | None = None  # set when the checkpoint was built from a model spec
+    metadata: dict[str, str] = field(default_factory=dict)
+    _header: SafetensorsHeader | None = None
+    _container: Any = None  # pickle: the whole loaded object
+    _state: dict[str, Any] | None = None  # pickle/model: the state dict inside it
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """Load one tensor by its unprefixed key."""
+        if self._state is not None:
+            return self._state[self.prefix + key]
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.get_tensor(self.prefix + key)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """All tensors by unprefixed key (loads a safetensors file whole: use `tensor` for big ones)."""
+        if self._state is not None:
+            return {k: self._state[self.prefix + k] for k in self.shapes}
+        from safetensors.torch import load_file
+
+        sd = load_file(str(self.path))
+        return {k: sd[self.prefix + k] for k in self.shapes}
+
+    @property
+    def wrapper_desc(self) -> str:
+        """Human description of the wrapper and prefix, e.g. "['model'], prefix 'module.'"."""
+        parts = []
+        if self.wrapper:
+            parts.append("under " + "".join(f"[{k!r}]" for k in self.wrapper))
+        if self.prefix:
+            parts.append(f"prefix {self.prefix!r}")
+        return ", ".join(parts) or "bare state_dict"
+
+
+def _is_tensor_map(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and any(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def find_state_dict(obj: Any, depth: int = 3) -> tuple[dict[str, Any], tuple[str, ...]] | None:
+    """Find the state_dict inside a loaded checkpoint: wrapper keys first, then the object itself."""
+    if isinstance(obj, Mapping) and depth > 0:
+        for k in WRAPPER_KEYS:
+            if k in obj:
+                found = find_state_dict(obj[k], depth - 1)
+                if found is not None:
+                    return found[0], (k, *found[1])
+    if _is_tensor_map(obj):
+        return obj, ()  # type: ignore[return-value]
+    return None
+
+
+def common_prefix(keys: list[str]) -> str:
+    """The `module.` / `_orig_mod.` prefixes shared by every key (stacked, e.g. `module._orig_mod.`)."""
+    prefix = ""
+    while True:
+        for p in STRIPPED_PREFIXES:
+            if keys and all(k.startswith(prefix + p) for k in keys):
+                prefix += p
+                break
+        else:
+            return prefix
+
+
+def _unsafe_globals(path: Path, err: Exception) -> list[str]:
+    names: list[str] = []
+    with contextlib.suppress(Exception):
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    if not names:
+        names = re.findall(r"GLOBAL ([\w.]+)", str(err))
+    return sorted(set(names)) or ["(unknown)"]
+
+
+def torch_load(path: Path, trust_pickle: bool = False) -> Any:
+    """torch.load with weights_only=True (or not, when trusted), mmap for zip files, errors as LgtError."""
+    mmap = zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            names = _unsafe_globals(path, e)
+            raise LgtError(
+                f"{path}: refusing to unpickle untrusted globals {', '.join(names)}; "
+                "if you trust this file, pass --trust-pickle"
+            ) from None
+        raise LgtError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, ImportError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LgtError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+
+
+def sniff_format(path: Path) -> str:
+    """'safetensors' or 'pickle' by the file's first bytes; LgtError for anything else."""
+    if looks_like_safetensors(path):
+        return "safetensors"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "pickle"
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        read_header(path)  # raises the precise reason (truncated, bad JSON, ...)
+    raise LgtError(f"{path}: not a checkpoint (expected a .safetensors file or a torch.save pickle)")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise LgtError(f"{path}: no such file")
+    if path.is_dir():
+        raise LgtError(f"{path}: is a directory, expected a checkpoint file")
+
+
+def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
+    """Open a checkpoint file: safetensors headers only (tensors load on demand), pickles whole (mmap)."""
+    path = Path(path)
+    _check_file(path)
+    fmt = sniff_format(path)
+    if fmt == "safetensors":
+        header = read_header(path)
+        keys = list(header.tensors)
+        prefix = common_prefix(keys)
+        unknown = sorted({e.dtype for e in header.tensors.values()} - set(ST_TO_TORCH))
+        if unknown:
+            raise LgtError(f"{path}: unsupported tensor dtypes {', '.join(unknown)}")
+        return Checkpoint(
+            source=str(path), fmt=fmt, path=path, prefix=prefix, metadata=dict(header.metadata), _header=header,
+            shapes={k[len(prefix):]: e.shape for k, e in header.tensors.items()},
+            dtypes={k[len(prefix):]: ST_TO_TORCH[e.dtype] for k, e in header.tensors.items()},
+        )
+    obj = torch_load(path, trust_pickle)
+    if isinstance(obj, torch.nn.Module):
+        raise LgtError(f"{path}: holds a whole pickled nn.Module; save `model.state_dict()` instead and pass that")
+    found = find_state_dict(obj)
+    if found is None:
+        top = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
+        raise LgtError(
+            f"{path}: no state_dict found (looked at the top level and under {', '.join(WRAPPER_KEYS)}; top level has {top})"
+        )
+    state, wrapper = found
+    tensor_keys = [k for k, v in state.items() if isinstance(v, torch.Tensor)]
+    prefix = common_prefix(tensor_keys)
+    return Checkpoint(
+        source=str(path), fmt="pickle", path=path, prefix=prefix, wrapper=wrapper, _container=obj, _state=state,
+        shapes={k[len(prefix):]: tuple(state[k].shape) for k in tensor_keys},
+        dtypes={k[len(prefix):]: state[k].dtype for k in tensor_keys},
+    )
+
+
+def checkpoint_from_state_dict(state: dict[str, torch.Tensor], source: str, arch: str | None = None) -> Checkpoint:
+    """Wrap an in-memory state_dict (e.g. of a freshly built model) as a Checkpoint."""
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return Checkpoint(
+        source=source, fmt="model", arch=arch, _state=state,
+        shapes={k: tuple(v.shape) for k, v in state.items()},
+        dtypes={k: v.dtype for k, v in state.items()},
+    )
+
+
+def output_format(ckpt: Checkpoint, out: Path) -> str:
+    """The format `out` will be written in: the target's own, or by extension for a built model."""
+    by_ext = "safetensors" if out.suffix in SAFETENSORS_SUFFIXES else "pickle" if out.suffix in PICKLE_SUFFIXES else None
+    if ckpt.fmt == "model":
+        if by_ext is None:
+            raise LgtError(f"{out}: choose an output name ending in .safetensors, .pt, .pth or .bin")
+        return by_ext
+    if by_ext is not None and by_ext != ckpt.fmt:
+        want = ".safetensors" if ckpt.fmt == "safetensors" else ".pt/.pth/.bin"
+        raise LgtError(f"{out}: the target is a {ckpt.fmt} checkpoint and is written back as one; name the output {want}")
+    return ckpt.fmt
+
+
+def check_output(out: Path, inputs: list[Path], force: bool) -> None:
+    """Refuse to clobber an input, or an existing output without --force, before any work is done."""
+    for p in inputs:
+        if out.exists() and p.exists() and out.resolve() == p.resolve():
+            raise LgtError(f"{out}: is an input; inputs are never modified, choose another output path")
+    if out.is_dir():
+        raise LgtError(f"{out}: is a directory; give a file name")
+    if out.exists() and not force:
+        raise LgtError(f"{out}: already exists; pass --force to overwrite it")
+    if not out.parent.exists():
+        raise LgtError(f"{out.parent}: output folder does not exist")
+
+
+@contextlib.contextmanager
+def atomic_path(out: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `out`; on success it is fsynced and renamed onto `out`, else removed."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """Raw little-endian bytes of a tensor, as safetensors stores them."""
+    t = t.detach().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _safetensors_header_bytes(header: SafetensorsHeader, metadata: dict[str, str]) -> bytes:
+    obj: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    for name, e in header.tensors.items():
+        rel = e.start - header.data_start
+        obj[name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [rel, rel + e.nbytes]}
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _patch_safetensors(ckpt: Checkpoint, updates: Mapping[str, torch.Tensor], tmp: Path, metadata: dict[str, str]) -> None:
+    """Copy the source file's data region unchanged, then overwrite only the updated tensors' bytes."""
+    header = ckpt._header
+    assert header is not None and ckpt.path is not None
+    head = _safetensors_header_bytes(header, metadata)
+    with open(ckpt.path, "rb") as src, open(tmp, "wb") as dst:
+        dst.write(head)
+        src.seek(header.data_start)
+        shutil.copyfileobj(src, dst, 16 << 20)
+        for key, t in updates.items():
+            e = header.tensors[ckpt.prefix + key]
+            data = tensor_bytes(t)
+            if TORCH_TO_ST.get(t.dtype) != e.dtype or tuple(t.shape) != e.shape or len(data) != e.nbytes:
+                raise AssertionError(f"update for {key} does not match the target's dtype/shape")
+            dst.seek(len(head) + e.start - header.data_start)
+            dst.write(data)
+
+
+def save_checkpoint(
+    ckpt: Checkpoint,
+    updates: Mapping[str, torch.Tensor],
+    out: Path,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write `ckpt` with `updates` applied to `out`, atomically, in the checkpoint's own format and wrapper.
+
+    `metadata` is added to a safetensors header (pickles have nowhere neutral to hold it).
+    """
+    for key, t in updates.items():
+        if key not in ckpt.shapes or tuple(t.shape) != ckpt.shapes[key] or t.dtype != ckpt.dtypes[key]:
+            raise AssertionError(f"update for {key} does not match the target's key/shape/dtype")
+    fmt = output_format(ckpt, out)
+    meta = {**ckpt.metadata, **(metadata or {})}
+    with atomic_path(out) as tmp:
+        if ckpt.fmt == "safetensors":
+            _patch_safetensors(ckpt, updates, tmp, meta)
+        elif ckpt.fmt == "pickle":
+            assert ckpt._state is not None
+            originals = {k: ckpt._state[ckpt.prefix + k] for k in updates}
+            try:
+                for k, t in updates.items():
+                    ckpt._state[ckpt.prefix + k] = t
+                torch.save(ckpt._container, tmp, _use_new_zipfile_serialization=zipfile.is_zipfile(ckpt.path))
+            finally:
+                ckpt._state.update({ckpt.prefix + k: v for k, v in originals.items()})
+        else:
+            state = {**ckpt.state_dict(), **updates}
+            if fmt == "safetensors":
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta or None)
+            else:
+                torch.save(state, tmp)

@@ -1,0 +1,194 @@
+"""The transplant planner: which target conv each learngene layer initialises, and how it is adapted.
+
+Placement: the run that starts at the image (stage 1) goes to the target's first
+eligible convs; every other run goes to eligible convs whose output stride equals the
+run's, the first ones for a run anchored at its stage's start, the last ones for a run
+anchored at its end. A run keeps its order and never skips an eligible conv.
+The plan needs only the bundle header: kept kernels come from the recorded L2 norms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .adapt import keep_by_norm
+from .bundle import BN_PARTS, Bundle, LayerRecord
+from .convs import TargetConv
+from .errors import LgtError
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Where one learngene layer goes and every adaptation applied, or why it was left out."""
+
+    layer: str
+    stage: int
+    target: str | None = None
+    target_shape: tuple[int, ...] | None = None
+    reduction: int | None = None
+    keep: tuple[int | None, ...] = ()  # source kernel for each target kernel (None: drawn from N(0, 0.05^2))
+    follow: str | None = None  # layer whose kept kernels give the input channels
+    in_map: str | None = None  # "follow" | "identity" | "fold"
+    bn: str | None = None  # target BN module that receives the learngene's BN
+    steps: tuple[str, ...] = ()
+    params: int = 0
+    reason: str | None = None
+
+    @property
+    def placed(self) -> bool:
+        """True when the layer initialises a target conv."""
+        return self.target is not None
+
+    def changed_keys(self) -> list[str]:
+        """Target keys this assignment rewrites."""
+        if self.target is None:
+            return []
+        return [self.target] + ([f"{self.bn}.{p}" for p in BN_PARTS] if self.bn else [])
+
+
+@dataclass(frozen=True)
+class TransplantPlan:
+    """The whole plan: assignments in bundle order, plus every target conv and its role."""
+
+    bundle: str
+    bundle_hash: str
+    target: str
+    target_format: str
+    wrapper: str
+    arch: str | None
+    strides: str  # "traced" | "estimated"
+    seed: int
+    transfer_bn: bool
+    assignments: tuple[Assignment, ...]
+    convs: tuple[TargetConv, ...]
+
+    @property
+    def placed(self) -> list[Assignment]:
+        """Assignments that initialise a target conv."""
+        return [a for a in self.assignments if a.placed]
+
+    @property
+    def params_initialised(self) -> int:
+        """Target conv weight parameters that receive learngene values."""
+        return sum(a.params for a in self.placed)
+
+    def changed_keys(self) -> list[str]:
+        """Every target key the transplant rewrites; all others stay byte-identical."""
+        return [k for a in self.assignments for k in a.changed_keys()]
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form (what `--json` prints)."""
+        used = {a.target: a.layer for a in self.placed}
+        return {
+            "bundle": self.bundle, "bundle_hash": self.bundle_hash, "target": self.target,
+            "target_format": self.target_format, "wrapper": self.wrapper, "arch": self.arch,
+            "strides": self.strides, "seed": self.seed, "transfer_bn": self.transfer_bn,
+            "assignments": [{**asdict(a), "keep": list(a.keep)} for a in self.assignments],
+            "convs": [
+                {"key": c.key, "shape": list(c.shape), "reduction": c.reduction, "groups": c.groups, "bn": c.bn,
+                 "eligible": c.eligible, "role": f"learngene {used[c.key]}" if c.key in used else c.reason}
+                for c in self.convs
+            ],
+            "summary": {
+                "layers_placed": len(self.placed), "layers_left_out": len(self.assignments) - len(self.placed),
+                "params_initialised": self.params_initialised, "tensors_changed": len(self.changed_keys()),
+            },
+        }
+
+
+def _kernel_steps(rec: LayerRecord, keep: list[int | None]) -> str:
+    n1, n2 = rec.shape[0], len(keep)
+    if n1 == n2:
+        return f"kernels {n1} -> {n2}: copied as they are"
+    if n1 > n2:
+        return f"kernels {n1} -> {n2}: kept the {n2} with the largest L2 norm"
+    return f"kernels {n1} -> {n2}: {n1} copied, {n2 - n1} drawn from N(0, 0.05^2)"
+
+
+def _place(rec: LayerRecord, conv: TargetConv, prev: Assignment | None, transfer_bn: bool) -> Assignment:
+    n2, c2, kh, kw = conv.shape
+    c1 = rec.shape[1]
+    keep = keep_by_norm(rec.l2_norms, n2)
+    steps = [_kernel_steps(rec, keep)]
+    if prev is not None and prev.target is not None and conv.producer == prev.target:
+        in_map, follow = "follow", prev.layer
+        steps.append(f"input channels follow the kernels {prev.layer} kept ({c1} -> {c2})")
+    elif c1 == c2:
+        in_map, follow = "identity", None
+        steps.append(f"input channels {c1} -> {c2}: as they are")
+    else:
+        in_map, follow = "fold", None
+        steps.append(f"input channels {c1} -> {c2}: bridged by a 1x1 fold map (Net2Net-style)")
+    k = rec.shape[2]
+    if (kh, kw) != (k, rec.shape[3]):
+        top = (kh - k) // 2
+        where = "centred" if (kh - k) % 2 == 0 else f"at offset {top} (even size has no centre)"
+        steps.append(f"{k}x{k} kernel {where} in {kh}x{kw}, zeros around it")
+    bn = conv.bn if (transfer_bn and rec.has_bn and conv.bn) else None
+    if bn:
+        steps.append(f"BN affine and running statistics -> {bn}")
+    elif rec.has_bn and transfer_bn:
+        steps.append("no BatchNorm follows this conv in the target: learngene BN not used")
+    return Assignment(
+        layer=rec.id, stage=rec.stage, target=conv.key, target_shape=conv.shape, reduction=conv.reduction,
+        keep=tuple(keep), follow=follow, in_map=in_map, bn=bn, steps=tuple(steps), params=n2 * c2 * kh * kw,
+    )
+
+
+def plan_transplant(
+    bundle: Bundle,
+    convs: list[TargetConv],
+    *,
+    target: str,
+    target_format: str,
+    wrapper: str,
+    arch: str | None,
+    seed: int = 0,
+    transfer_bn: bool = True,
+) -> TransplantPlan:
+    """Plan where each learngene layer goes in the target and how it is adapted."""
+    if not convs:
+        raise LgtError(f"{target}: has no conv layer (no 4-D weight); lgt transplants into CNN checkpoints")
+    strides = "traced" if arch else "estimated"
+    used: set[str] = set()
+    assignments: list[Assignment] = []
+    for run in bundle.runs():
+        red = run[-1].reduction
+        from_image = run[0].in_reduction == 1
+        free = [c for c in convs if c.eligible and c.key not in used]
+        if from_image:
+            band = [c for c in free if c.reduction is not None and c.reduction <= red]
+            where = f"at stride <= {red}"
+        else:
+            band = [c for c in free if c.reduction == red]
+            where = f"at stride {red}"
+        m = min(len(run), len(band))
+        if run[0].anchor == "end":
+            pairs = list(zip(run[len(run) - m :], band[len(band) - m :]))
+            left = run[: len(run) - m]
+        else:
+            pairs = list(zip(run[:m], band[:m]))
+            left = run[m:]
+        placed: dict[str, Assignment] = {}
+        for rec, conv in pairs:
+            prev = placed.get(f"s{rec.stage}.{rec.position - 1}")
+            placed[rec.id] = _place(rec, conv, prev, transfer_bn)
+            used.add(conv.key)
+        est = " (estimated from channel widths; pass --arch for exact strides)" if strides == "estimated" else ""
+        why = f"the target has {len(band)} free dense conv(s) {where}{est} for this run of {len(run)}"
+        reasons = {rec.id: Assignment(layer=rec.id, stage=rec.stage, reason=why) for rec in left}
+        assignments += [placed.get(rec.id) or reasons[rec.id] for rec in run]
+    plan = TransplantPlan(
+        bundle=bundle.source, bundle_hash=str(bundle.provenance.get("tensor_hash", "")), target=target,
+        target_format=target_format, wrapper=wrapper, arch=arch, strides=strides, seed=seed,
+        transfer_bn=transfer_bn, assignments=tuple(assignments), convs=tuple(convs),
+    )
+    if not plan.placed:
+        n_ok = sum(c.eligible for c in convs)
+        raise LgtError(
+            f"{target}: no learngene layer fits: {n_ok} of {len(convs)} conv(s) can take a dense 3x3 kernel "
+            f"and none sits at the strides the bundle needs ({', '.join(str(r[-1].reduction) for r in bundle.runs())}); "
+            "`lgt inspect` on the target lists its convs"
+        )
+    return plan

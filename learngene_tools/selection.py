@@ -1,0 +1,106 @@
+"""Learngene selection: CLKG's three criteria applied to a trained auxiliary model.
+
+1. Direct kernel extraction: weights (and their BN) are copied as they are.
+2. Priority to edge kernels: by default the first and the last stage.
+3. Continuous kernel selection: one contiguous run per chosen stage, touching the
+   stage's outer edge (the start of the first stage, the end of the last), never
+   isolated layers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .auxiliary import AUX_CONFIG_KEY, AuxConfig, config_from_state_dict
+from .bundle import BN_PARTS, LayerRecord, write_bundle
+from .checkpoint_io import load_checkpoint
+from .errors import LgtError
+from .safetensors_header import file_sha256
+
+ANCESTRY_KEY = "lgt.ancestry"
+DISTILLATION_KEY = "lgt.distillation"
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """Which stages (1-based) give a run, and how long each run is (None: the whole stage)."""
+
+    stages: tuple[int, ...] = (1, 3)
+    run_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.stages or any(s not in (1, 2, 3) for s in self.stages) or len(set(self.stages)) != len(self.stages):
+            raise LgtError(f"--stages must be distinct values among 1, 2, 3 (got {list(self.stages)})")
+        if self.run_length is not None and self.run_length < 1:
+            raise LgtError(f"--run-length must be at least 1 (got {self.run_length})")
+
+
+def _anchor(stage: int) -> str:
+    """Runs touch the network's edges: the last stage's run ends with the stage, the others start with it."""
+    return "end" if stage == 3 else "start"
+
+
+def select_learngene(
+    state: dict[str, torch.Tensor], config: AuxConfig, settings: SelectionSettings
+) -> tuple[list[LayerRecord], dict[str, torch.Tensor]]:
+    """Pick the learngene layers from an auxiliary state_dict; returns records and bundle tensors."""
+    records: list[LayerRecord] = []
+    tensors: dict[str, torch.Tensor] = {}
+    reduction = 1
+    stage_layers: dict[int, list[tuple[int, int, int]]] = {}  # stage -> [(index, stride, in_reduction)]
+    for i in range(3):
+        for j, s in enumerate(config.layer_strides(i)):
+            stage_layers.setdefault(i + 1, []).append((j, s, reduction))
+            reduction *= s
+    for stage in sorted(settings.stages):
+        layers = stage_layers[stage]
+        n = len(layers) if settings.run_length is None else settings.run_length
+        if n > len(layers):
+            raise LgtError(f"--run-length {n} is longer than stage {stage}, which has {len(layers)} layers")
+        anchor = _anchor(stage)
+        run = layers[:n] if anchor == "start" else layers[len(layers) - n :]
+        for pos, (j, stride, in_red) in enumerate(run):
+            key = f"stages.{stage - 1}.{j}.conv.weight"
+            w = state[key].detach().float().contiguous()
+            bn_prefix = f"stages.{stage - 1}.{j}.bn."
+            has_bn = all(bn_prefix + p in state for p in BN_PARTS)
+            rec = LayerRecord(
+                id=f"s{stage}.{pos}", stage=stage, position=pos, run_length=n, anchor=anchor,
+                shape=tuple(w.shape), stride=stride, in_reduction=in_red, reduction=in_red * stride,  # type: ignore[arg-type]
+                source_key=key, has_bn=has_bn, l2_norms=tuple(w.flatten(1).norm(dim=1).tolist()),
+            )
+            tensors[rec.weight_name] = w.clone()
+            if has_bn:
+                for p in BN_PARTS:
+                    tensors[rec.bn_name(p)] = state[bn_prefix + p].detach().float().clone()
+            records.append(rec)
+    return records, tensors
+
+
+def select_from_file(
+    aux_path: str | Path, out: str | Path, settings: SelectionSettings, trust_pickle: bool = False
+) -> list[LayerRecord]:
+    """`lgt select`: read an auxiliary checkpoint, select its learngene and write the bundle."""
+    ckpt = load_checkpoint(aux_path, trust_pickle=trust_pickle)
+    state = ckpt.state_dict()
+    config = (
+        AuxConfig.from_json(ckpt.metadata[AUX_CONFIG_KEY]) if AUX_CONFIG_KEY in ckpt.metadata
+        else config_from_state_dict(state, ckpt.source)
+    )
+    records, tensors = select_learngene(state, config, settings)
+    provenance: dict[str, Any] = {
+        "ancestry": json.loads(ckpt.metadata.get(ANCESTRY_KEY, "null")),
+        "auxiliary": {"config": json.loads(config.to_json()), "checkpoint": Path(aux_path).name,
+                      "checkpoint_sha256": file_sha256(aux_path)},
+        "distillation": json.loads(ckpt.metadata.get(DISTILLATION_KEY, "null")),
+        "selection": {"criteria": ["direct_kernel_extraction", "edge_kernels", "continuous_runs"], **asdict(settings)},
+        "tool": {"name": "learngene_tools", "version": __version__},
+    }
+    write_bundle(out, records, tensors, provenance)
+    return records
