@@ -26,6 +26,7 @@ class Assignment:
     stage: int
     target: str | None = None
     target_shape: tuple[int, ...] | None = None
+    source_shape: tuple[int, ...] | None = None
     reduction: int | None = None
     keep: tuple[int | None, ...] = ()  # source kernel for each target kernel (None: drawn from N(0, 0.05^2))
     follow: str | None = None  # layer whose kept kernels give the input channels
@@ -131,7 +132,8 @@ def _place(rec: LayerRecord, conv: TargetConv, prev: Assignment | None, transfer
     elif rec.has_bn and transfer_bn:
         steps.append("no BatchNorm follows this conv in the target: learngene BN not used")
     return Assignment(
-        layer=rec.id, stage=rec.stage, target=conv.key, target_shape=conv.shape, reduction=conv.reduction,
+        layer=rec.id, stage=rec.stage, target=conv.key, target_shape=conv.shape, source_shape=rec.shape,
+        reduction=conv.reduction,
         keep=tuple(keep), follow=follow, in_map=in_map, bn=bn, steps=tuple(steps), params=n2 * c2 * kh * kw,
     )
 

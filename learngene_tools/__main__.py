@@ -1,0 +1,55 @@
+"""Entry point of `lgt` and `python -m learngene_tools`.
+
+`lgt inspect BUNDLE [--json] [--verify/--no-verify]` is served here without building
+the typer app: importing typer costs about 0.3 s, more than the whole header read.
+Every other call, and any other option, goes to the full CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_FAST_INSPECT_FLAGS = {"--json", "--verify", "--no-verify"}
+
+
+def _fast_inspect(argv: list[str]) -> int | None:
+    """Exit code of a plain bundle inspect, or None when the call needs the full CLI."""
+    if not argv or argv[0] != "inspect" or os.environ.get("LGT_DEBUG"):
+        return None
+    pos = [a for a in argv[1:] if not a.startswith("-")]
+    opts = [a for a in argv[1:] if a.startswith("-")]
+    if len(pos) != 1 or any(o not in _FAST_INSPECT_FLAGS for o in opts) or not os.path.isfile(pos[0]):
+        return None
+    from . import render
+    from .describe import is_bundle_file
+    from .errors import LgtError
+
+    try:
+        if not is_bundle_file(pos[0]):
+            return None
+    except LgtError:
+        return None  # the full CLI reports a broken file
+    verify = "--no-verify" not in opts or opts.index("--no-verify") < max(
+        (i for i, o in enumerate(opts) if o == "--verify"), default=-1
+    )
+    try:
+        render.inspect_bundle(render.console(), pos[0], verify=verify, as_json="--json" in opts)
+    except LgtError as e:
+        render.print_error(render.console(stderr=True), str(e))
+        return 2
+    return 0
+
+
+def main() -> None:
+    """Run `lgt`."""
+    code = _fast_inspect(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    from .cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""`lgt demo`: the whole pipeline on built-in models, needing no file of the user's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .auxiliary import VARIANTS, create_aux, save_aux
+from .checkpoint_io import check_output
+from .describe import describe_bundle
+from .selection import SelectionSettings, select_from_file
+from .transplant import transplant
+
+DEMO_AUX = "lgt_aux_small"
+
+
+def run_demo(out_dir: str | Path, target: str = "timm:resnet50", force: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Build an (untrained) auxiliary model, select its learngene and transplant it into `target`."""
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    aux_path, bundle_path = out_dir / "aux.safetensors", out_dir / "learngene.safetensors"
+    output = out_dir / f"{target.split(':', 1)[-1].replace('.', '_')}_lg.safetensors"
+    for p in (aux_path, bundle_path, output):
+        check_output(p, [], force)
+    torch.manual_seed(seed)
+    save_aux(create_aux(VARIANTS[DEMO_AUX]), aux_path)
+    select_from_file(aux_path, bundle_path, SelectionSettings())
+    plan = transplant(bundle_path, target, output, seed=seed, force=force)
+    return {
+        "aux_variant": DEMO_AUX, "aux": aux_path, "bundle": bundle_path, "output": output,
+        "bundle_summary": describe_bundle(bundle_path), "plan": plan,
+    }

@@ -1,0 +1,114 @@
+"""Human output of `lgt`: rich tables for bundles, plans and checkpoints (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that is as wide as the terminal, or 140 columns (COLUMNS) when output is piped."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS", "140"))
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+def show_bundle(out: Console, s: dict[str, Any]) -> None:
+    prov = s["provenance"]
+    anc = prov.get("ancestry") or {}
+    aux = (prov.get("auxiliary") or {}).get("config")
+    out.print(f"[bold]{s['file']}[/]: learngene bundle, schema {s['schema']}, {len(s['layers'])} layers, "
+              f"{s['params']:,} conv parameters, stages {', '.join(map(str, s['stages']))}")
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("layer", "stage", "shape", "stride", "out stride", "BN", "L2 norm min/mean/max", "source"):
+        t.add_column(col)
+    for r in s["layers"]:
+        n = r["l2_norm"]
+        t.add_row(r["id"], f"{r['stage']} ({r['anchor']})", "x".join(map(str, r["shape"])), str(r["stride"]),
+                  str(r["reduction"]), "yes" if r["has_bn"] else "no",
+                  f"{n['min']:.3g} / {n['mean']:.3g} / {n['max']:.3g}", r["source_key"])
+    out.print(t)
+    hash_state = "verified" if s["hash_verified"] else "not verified"
+    out.print(f"tensor hash {s['tensor_hash']} ({hash_state})")
+    out.print(f"ancestry: {anc.get('arch', 'unknown (not recorded)') if anc else 'unknown (not recorded)'}"
+              f"; auxiliary: {aux}; tool {prov.get('tool', {}).get('version', '?')}")
+    dist = prov.get("distillation")
+    if dist:
+        out.print(f"distillation: {json.dumps(dist, sort_keys=True)}")
+    sel = prov.get("selection") or {}
+    out.print(f"selection: stages {sel.get('stages')}, run length {sel.get('run_length') or 'whole stage'}")
+
+
+def plan_cells(a: Any) -> tuple[str, str, str, str]:
+    """Short kernels / input-channels / kernel-size / BN cells of one placed assignment."""
+    n1, c1, k, _ = a.source_shape
+    n2, c2, kh, kw = a.target_shape
+    kernels = f"{n1} -> {n2}" + (" top-L2" if n1 > n2 else f" +{n2 - n1} new" if n1 < n2 else "")
+    inputs = {"follow": f"follow {a.follow}", "identity": f"{c1} -> {c2} as is", "fold": f"{c1} -> {c2} fold"}[a.in_map]
+    ksize = f"{k}x{k}" + (f" in {kh}x{kw}" if (kh, kw) != (k, k) else "")
+    return kernels, inputs, ksize, a.bn or "-"
+
+
+def show_plan(out: Console, plan: Any) -> None:
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("layer", "target conv", "shape", "stride", "kernels", "in channels", "kernel", "BN"):
+        t.add_column(col, overflow="fold")
+    for a in plan.assignments:
+        if a.placed:
+            t.add_row(a.layer, a.target.removesuffix(".weight"), "x".join(map(str, a.target_shape)), str(a.reduction), *plan_cells(a))
+        else:
+            t.add_row(a.layer, "[yellow]left out[/]", "", "", a.reason)
+    out.print(t)
+    skipped: dict[str, int] = {}
+    for c in plan.convs:
+        if not c.eligible:
+            kind = c.reason.split(":")[0].split(" (")[0]
+            skipped[kind] = skipped.get(kind, 0) + 1
+    if skipped:
+        out.print("target convs skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())))
+    strides = f"strides {plan.strides}" + (f" from {plan.arch}" if plan.arch else " from channel widths (pass --arch for exact ones)")
+    out.print(f"{len(plan.placed)} of {len(plan.assignments)} learngene layers placed, "
+              f"{plan.params_initialised:,} conv parameters initialised, {len(plan.changed_keys())} tensors changed; "
+              f"{strides}; target {plan.wrapper}; seed {plan.seed}; --json shows every step")
+
+
+def show_checkpoint(out: Console, s: dict[str, Any]) -> None:
+    out.print(f"[bold]{s['file']}[/]: {s['format']} checkpoint, {s['wrapper']}, {s['tensors']} tensors, "
+              f"{s['params']:,} parameters; strides {s['strides']}" + (f" from {s['arch']}" if s["arch"] else ""))
+    for k, v in s["metadata"].items():
+        out.print(f"{k}: {v}")
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("conv", "shape", "stride", "BN", "transplant"):
+        t.add_column(col, overflow="fold")
+    for c in s["convs"]:
+        t.add_row(c["key"], "x".join(map(str, c["shape"])), "?" if c["reduction"] is None else str(c["reduction"]),
+                  c["bn"] or "", c["role"])
+    out.print(t)
+    n_ok = sum(c["eligible"] for c in s["convs"])
+    out.print(f"{n_ok} of {len(s['convs'])} convs can take a learngene layer")
+
+
+def print_json(obj: Any) -> None:
+    """Machine output: indented JSON on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def print_error(err: Console, message: str) -> None:
+    """The one line every failure prints."""
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+
+
+def inspect_bundle(out: Console, path: str, verify: bool, as_json: bool) -> None:
+    """`lgt inspect BUNDLE`: header-only description (and hash check), as a table or JSON."""
+    from .describe import describe_bundle
+
+    summary = describe_bundle(path, verify=verify)
+    if as_json:
+        print_json(summary)
+    else:
+        show_bundle(out, summary)
