@@ -147,15 +147,11 @@ def create_aux(config: AuxConfig, num_classes: int = 0) -> AuxNet:
 
 def save_aux(model: AuxNet, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
     """Save an auxiliary model as safetensors with its config in the metadata (atomically)."""
-    from safetensors.torch import save_file
+    from .checkpoint_io import atomic_path, encode_safetensors
 
-    from .checkpoint_io import atomic_path
-
-    path = Path(path)
     meta = {AUX_CONFIG_KEY: model.cfg.to_json(), **(extra_metadata or {})}
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(encode_safetensors(model.state_dict(), meta))
 
 
 def _register() -> None:

@@ -178,8 +178,8 @@ def read_bundle(path: str | Path) -> Bundle:
 
 
 def encode_bundle(layers: list[LayerRecord], tensors: Mapping[str, Any], provenance: Mapping[str, Any]) -> bytes:
-    """Serialise a bundle to bytes; the tensor hash is computed and added to the provenance."""
-    from safetensors.torch import save
+    """Serialise a bundle to bytes (deterministically); the tensor hash is computed and added to the provenance."""
+    from .checkpoint_io import encode_safetensors
 
     def serialise(prov: Mapping[str, Any]) -> bytes:
         meta = {
@@ -187,13 +187,15 @@ def encode_bundle(layers: list[LayerRecord], tensors: Mapping[str, Any], provena
             LAYERS_KEY: json.dumps([r.to_json() for r in layers], sort_keys=True),
             PROVENANCE_KEY: json.dumps(prov, sort_keys=True),
         }
-        return save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+        return encode_safetensors(tensors, meta)
+
+    def header_of(data: bytes) -> SafetensorsHeader:
+        n = int.from_bytes(data[:8], "little")
+        return parse_header(data[8 : 8 + n], len(data), "<bundle>")
 
     draft = serialise({**provenance, "tensor_hash": ""})
-    n = int.from_bytes(draft[:8], "little")
-    header = parse_header(draft[8 : 8 + n], len(draft), "<bundle>")
-    final = serialise({**provenance, "tensor_hash": tensor_hash(io.BytesIO(draft), header)})
-    _bundle_from_header(parse_header(final[8 : 8 + int.from_bytes(final[:8], "little")], len(final), "<bundle>"))
+    final = serialise({**provenance, "tensor_hash": tensor_hash(io.BytesIO(draft), header_of(draft))})
+    _bundle_from_header(header_of(final))
     return final
 
 

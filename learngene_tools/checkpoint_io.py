@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from .errors import LgtError
-from .safetensors_header import SafetensorsHeader, looks_like_safetensors, read_header
+from .safetensors_header import SafetensorsHeader, encode_header, looks_like_safetensors, read_header
 
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module", "net", "network")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -255,21 +255,19 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def _safetensors_header_bytes(header: SafetensorsHeader, metadata: dict[str, str]) -> bytes:
-    obj: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
-    for name, e in header.tensors.items():
-        rel = e.start - header.data_start
-        obj[name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [rel, rel + e.nbytes]}
-    raw = json.dumps(obj, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
+def encode_safetensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A whole safetensors file in memory, tensors in name order: the same inputs give the same bytes."""
+    names = sorted(tensors)
+    blobs = [tensor_bytes(tensors[n]) for n in names]
+    entries = [(n, TORCH_TO_ST[tensors[n].dtype], tuple(tensors[n].shape), len(b)) for n, b in zip(names, blobs)]
+    return encode_header(entries, metadata) + b"".join(blobs)
 
 
 def _patch_safetensors(ckpt: Checkpoint, updates: Mapping[str, torch.Tensor], tmp: Path, metadata: dict[str, str]) -> None:
     """Copy the source file's data region unchanged, then overwrite only the updated tensors' bytes."""
     header = ckpt._header
     assert header is not None and ckpt.path is not None
-    head = _safetensors_header_bytes(header, metadata)
+    head = encode_header([(e.name, e.dtype, e.shape, e.nbytes) for e in header.tensors.values()], metadata)
     with open(ckpt.path, "rb") as src, open(tmp, "wb") as dst:
         dst.write(head)
         src.seek(header.data_start)
@@ -313,8 +311,6 @@ def save_checkpoint(
         else:
             state = {**ckpt.state_dict(), **updates}
             if fmt == "safetensors":
-                from safetensors.torch import save_file
-
-                save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta or None)
+                tmp.write_bytes(encode_safetensors(state, meta))
             else:
                 torch.save(state, tmp)

@@ -165,3 +165,19 @@ def file_sha256(path: str | Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
+
+
+def encode_header(entries: Iterable[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:
+    """Length prefix + JSON header for tensors laid out back to back in the given order.
+
+    `entries` are (name, dtype, shape, nbytes). Keys are sorted, so equal inputs give equal bytes
+    (safetensors' own writer orders metadata by a hash map). The JSON is space-padded to 8 bytes.
+    """
+    obj: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    pos = 0
+    for name, dtype, shape, nbytes in entries:
+        obj[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    raw = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
