@@ -5,8 +5,13 @@ Rules (DESIGN.md):
 - more target kernels: copy all source kernels, draw the rest from N(0, 0.05^2);
 - input channels follow the kernels the previous layer of the run kept; where they
   cannot, a 1x1 linear map is folded into the kernel;
-- a 3x3 kernel in a larger target kernel sits at its centre, zeros around it, so the
-  target conv computes exactly the learngene's response at initialisation.
+- a 3x3 kernel in a larger odd target kernel sits at its centre, zeros around it, so the
+  target conv computes exactly the learngene's response at initialisation; in an even
+  kernel (4x4, 6x6) it sits at offset (K-3)//2, the closest to centred;
+- newly drawn kernels (and new input channels of kept kernels) are N(0, 0.05^2) over the
+  whole target kernel, not only its 3x3 centre: a new kernel has no learngene to keep.
+Targets whose kernels are smaller than 3x3, grouped or depthwise are not adapted at all:
+the planner skips them with a reason (convs.py).
 """
 
 from __future__ import annotations

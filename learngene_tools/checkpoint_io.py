@@ -9,6 +9,7 @@ temporary file in the destination folder and renamed into place.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -17,7 +18,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 import torch
 
@@ -257,10 +258,44 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
 
 def encode_safetensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """A whole safetensors file in memory, tensors in name order: the same inputs give the same bytes."""
+    buf = io.BytesIO()
+    write_safetensors(tensors, metadata, buf)
+    return buf.getvalue()
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str], f: BinaryIO) -> None:
+    """Stream a safetensors file to `f` one tensor at a time (never the whole file in memory)."""
     names = sorted(tensors)
-    blobs = [tensor_bytes(tensors[n]) for n in names]
-    entries = [(n, TORCH_TO_ST[tensors[n].dtype], tuple(tensors[n].shape), len(b)) for n, b in zip(names, blobs)]
-    return encode_header(entries, metadata) + b"".join(blobs)
+    entries = [(n, TORCH_TO_ST[tensors[n].dtype], tuple(tensors[n].shape),
+                tensors[n].numel() * tensors[n].element_size()) for n in names]
+    f.write(encode_header(entries, metadata))
+    for n in names:
+        f.write(tensor_bytes(tensors[n]))
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
+    """Append `length` bytes of `src` from `offset` to `dst`, in the kernel where the OS can (no user-space copy)."""
+    dst.flush()
+    copy_file_range = getattr(os, "copy_file_range", None)
+    if copy_file_range is not None:
+        try:
+            while length > 0:
+                n = copy_file_range(src.fileno(), dst.fileno(), min(length, 1 << 30), offset)
+                if n == 0:
+                    raise LgtError(f"{src.name}: file ended early; it may have been truncated while being read")
+                offset, length = offset + n, length - n
+            dst.seek(0, os.SEEK_END)
+            return
+        except OSError:  # e.g. a filesystem without copy_file_range: fall back to a buffered copy
+            pass
+    src.seek(offset)
+    dst.seek(0, os.SEEK_END)
+    while length > 0:
+        chunk = src.read(min(length, 16 << 20))
+        if not chunk:
+            raise LgtError(f"{src.name}: file ended early; it may have been truncated while being read")
+        dst.write(chunk)
+        length -= len(chunk)
 
 
 def _patch_safetensors(ckpt: Checkpoint, updates: Mapping[str, torch.Tensor], tmp: Path, metadata: dict[str, str]) -> None:
@@ -270,8 +305,7 @@ def _patch_safetensors(ckpt: Checkpoint, updates: Mapping[str, torch.Tensor], tm
     head = encode_header([(e.name, e.dtype, e.shape, e.nbytes) for e in header.tensors.values()], metadata)
     with open(ckpt.path, "rb") as src, open(tmp, "wb") as dst:
         dst.write(head)
-        src.seek(header.data_start)
-        shutil.copyfileobj(src, dst, 16 << 20)
+        _copy_range(src, dst, header.data_start, os.fstat(src.fileno()).st_size - header.data_start)
         for key, t in updates.items():
             e = header.tensors[ckpt.prefix + key]
             data = tensor_bytes(t)
@@ -311,6 +345,7 @@ def save_checkpoint(
         else:
             state = {**ckpt.state_dict(), **updates}
             if fmt == "safetensors":
-                tmp.write_bytes(encode_safetensors(state, meta))
+                with open(tmp, "wb") as f:
+                    write_safetensors(state, meta, f)
             else:
                 torch.save(state, tmp)

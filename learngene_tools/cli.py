@@ -191,6 +191,7 @@ def demo(
     with _status("building models"):
         result = run_demo(out_dir, target=target, force=force)
     out.print(f"[bold]1.[/] auxiliary model {result['aux_variant']} (untrained: `lgt extract` distils a real one) -> {result['aux']}")
+    out.print(f"[bold]2.[/] learngene selected from it (`lgt select`) -> {result['bundle']}")
     render.show_bundle(out, result["bundle_summary"])
     out.print(f"[bold]3.[/] transplant into {target}:")
     render.show_plan(out, result["plan"])

@@ -70,7 +70,7 @@ def show_plan(out: Console, plan: Any) -> None:
             kind = c.reason.split(":")[0].split(" (")[0]
             skipped[kind] = skipped.get(kind, 0) + 1
     if skipped:
-        out.print("target convs skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())))
+        out.print("target convs skipped: " + "; ".join(f"{k} ({n})" for k, n in sorted(skipped.items())))
     strides = f"strides {plan.strides}" + (f" from {plan.arch}" if plan.arch else " from channel widths (pass --arch for exact ones)")
     out.print(f"{len(plan.placed)} of {len(plan.assignments)} learngene layers placed, "
               f"{plan.params_initialised:,} conv parameters initialised, {len(plan.changed_keys())} tensors changed; "
@@ -90,7 +90,8 @@ def show_checkpoint(out: Console, s: dict[str, Any]) -> None:
                   c["bn"] or "", c["role"])
     out.print(t)
     n_ok = sum(c["eligible"] for c in s["convs"])
-    out.print(f"{n_ok} of {len(s['convs'])} convs can take a learngene layer")
+    out.print(f"{n_ok} of {len(s['convs'])} convs can take a learngene layer; "
+              f"`lgt transplant BUNDLE {s['file']} --dry-run` shows where each layer of a bundle would go")
 
 
 def print_json(obj: Any) -> None:
