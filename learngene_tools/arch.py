@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,8 +23,11 @@ def is_model_spec(text: str) -> bool:
     return bool(_SPEC.match(text)) and not Path(text).exists()
 
 
-def build_model(spec: str, seed: int = 0) -> nn.Module:
-    """Build a randomly initialised model from a spec (seeded, so the same spec gives the same weights)."""
+def build_model(spec: str, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """Build a randomly initialised model from a spec (seeded, so the same spec gives the same weights).
+
+    `kwargs` go to the model's constructor (timm: `create_model`; torchvision: the builder).
+    """
     torch.manual_seed(seed)
     prefix, _, name = spec.partition(":") if ":" in spec else ("timm", ":", spec)
     try:
@@ -34,7 +38,7 @@ def build_model(spec: str, seed: int = 0) -> nn.Module:
 
             if not timm.is_model(name):
                 raise LgtError(f"unknown timm model {name!r}; `python -c \"import timm; print(timm.list_models('*{name[:4]}*'))\"` lists near names")
-            return timm.create_model(name, pretrained=False)
+            return timm.create_model(name, pretrained=False, **kwargs)
         if prefix == "torchvision":
             import torchvision
 
@@ -43,14 +47,14 @@ def build_model(spec: str, seed: int = 0) -> nn.Module:
             except ValueError:
                 raise LgtError(f"unknown torchvision model {name!r}") from None
             try:
-                return builder(weights=None, weights_backbone=None)
+                return builder(weights=None, weights_backbone=None, **kwargs)
             except TypeError:
-                return builder(weights=None)
+                return builder(weights=None, **kwargs)
         module = importlib.import_module(prefix)
         factory = getattr(module, name, None)
         if not callable(factory):
             raise LgtError(f"{spec}: {prefix} has no callable {name!r}")
-        model = factory()
+        model = factory(**kwargs)
     except ImportError as e:
         raise LgtError(f"{spec}: cannot import {e.name or prefix} ({e}); install it first") from None
     if not isinstance(model, nn.Module):

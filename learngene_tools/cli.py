@@ -198,6 +198,200 @@ def demo(
     out.print(f"wrote [bold]{result['output']}[/] (loads with strict=True into {target})")
 
 
+def _parse_floats(text: str, name: str, n: int) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        vals = ()
+    if len(vals) != n:
+        raise LgtError(f"{name} takes {n} comma-separated numbers (got {text!r})")
+    return vals
+
+
+def _parse_ints(text: str, name: str, n: int) -> tuple[int, ...]:
+    vals = _parse_floats(text, name, n)
+    if any(v != int(v) for v in vals):
+        raise LgtError(f"{name} takes {n} comma-separated whole numbers (got {text!r})")
+    return tuple(int(v) for v in vals)
+
+
+def _distill_inputs(
+    ancestry: Path, arch: str, data: Optional[Path], synthetic: bool, aux: str, widths: Optional[str],
+    depths: Optional[str], img_size: int, batch_size: int, steps: int, lr: float, weight_decay: float,
+    warmup_steps: int, grad_clip: float, precision: str, channels_last: bool, compile_: bool, merge_teacher: bool,
+    loss: str, alphas: str, beta: float, taps: Optional[str], seed: int, work_dir: Path, resume: bool, force: bool,
+    ckpt_every: int, log_every: int, workers: int, trust_pickle: bool, device: Optional[str],
+):
+    """Settings and run options from the shared distill/extract options."""
+    from .auxiliary import VARIANTS, AuxConfig
+    from .distill import DistillSettings, RunOptions
+    from .distill_loss import LossSettings
+
+    if (data is None) == (not synthetic):
+        raise LgtError("give exactly one of --data DIR (a folder of images) and --synthetic (procedural images)")
+    if data is not None and not data.is_dir():
+        raise LgtError(f"{data}: no such folder of images")
+    if not ancestry.is_file():
+        raise LgtError(f"{ancestry}: no such ancestry checkpoint")
+    if aux not in VARIANTS:
+        raise LgtError(f"--aux must be one of {', '.join(VARIANTS)} (got {aux!r})")
+    base = VARIANTS[aux]
+    config = AuxConfig(
+        widths=_parse_ints(widths, "--widths", 3) if widths else base.widths,  # type: ignore[arg-type]
+        depths=_parse_ints(depths, "--depths", 3) if depths else base.depths,  # type: ignore[arg-type]
+    )
+    settings = DistillSettings(
+        arch=arch, aux=config, loss=LossSettings(loss, _parse_floats(alphas, "--alphas", 3), beta),  # type: ignore[arg-type]
+        data=str(data) if data else None, img_size=img_size, batch_size=batch_size, steps=steps, lr=lr,
+        weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip, precision=precision,
+        channels_last=channels_last, compile=compile_, merged_teacher=merge_teacher,
+        taps=tuple(t for t in taps.split(",") if t) if taps else None, seed=seed,
+    )
+    opts = RunOptions(
+        work_dir=work_dir, ancestry=ancestry, resume=resume, force=force, ckpt_every=ckpt_every, log_every=log_every,
+        num_workers=workers, trust_pickle=trust_pickle, device=device, progress=_progress_printer(steps),
+    )
+    return settings, opts
+
+
+def _progress_printer(total: int) -> Callable[[dict[str, Any]], None]:
+    """A rich progress bar on a terminal (rank 0 only); one plain line per log interval otherwise."""
+    if os.environ.get("RANK", "0") != "0":
+        return lambda record: None
+    if not err.is_terminal:
+        def plain(r: dict[str, Any]) -> None:
+            stages = " ".join(f"{v:.4f}" for v in r["stage_losses"])
+            err.print(f"step {r['step']}/{r['steps']} loss {r['loss']:.4f} (stages {stages}) "
+                      f"{r['images_per_s']:.1f} img/s lr {r['lr']:.2e}", soft_wrap=True, highlight=False)
+        return plain
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("distilling"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    task = bar.add_task("distill", total=total, loss="-", speed="-")
+
+    def update(r: dict[str, Any]) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=r["step"], loss=f"{r['loss']:.4f}", speed=f"{r['images_per_s']:.0f}")
+        if r["step"] >= r["steps"]:
+            bar.stop()
+    return update
+
+
+_ANCESTRY = typer.Argument(..., help="Ancestry (teacher) checkpoint: .pth/.pt/.safetensors, e.g. RepLKNet-31B_ImageNet-1K_224.pth.")
+_ARCH = typer.Option(..., "--arch", help="Teacher architecture: replknet_31b/_31l/_xl, any timm name, torchvision:NAME or pkg.module:factory.")
+
+
+@app.command()
+@handles_errors
+def distill(
+    ancestry: Path = _ANCESTRY,
+    arch: str = _ARCH,
+    data: Optional[Path] = typer.Option(None, help="Folder of training images (recursive; labels unused)."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Use procedural images instead of --data."),
+    aux: str = typer.Option("lgt_aux_base", help="Auxiliary model variant: lgt_aux_tiny, lgt_aux_small, lgt_aux_base."),
+    widths: Optional[str] = typer.Option(None, help="Override the variant's stage widths, e.g. 64,128,256."),
+    depths: Optional[str] = typer.Option(None, help="Override the variant's stage depths, e.g. 3,4,4."),
+    img_size: int = typer.Option(224, help="Training image size (a multiple of 16)."),
+    batch_size: int = typer.Option(128, help="Global batch size over all processes."),
+    steps: int = typer.Option(10_000, help="Optimiser steps."),
+    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate."),
+    weight_decay: float = typer.Option(0.05, help="AdamW weight decay (conv and projection weights only)."),
+    warmup_steps: int = typer.Option(500, help="Linear warm-up steps before the cosine decay."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip (0: off)."),
+    precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory on GPU."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the student and loss."),
+    merge_teacher: bool = typer.Option(True, "--merge-teacher/--no-merge-teacher", help="Run RepLKNet in its merged (re-parameterised) form."),
+    loss: str = typer.Option("smoothl1", help="smoothl1 (reference, beta 2), l2, or paper (Eq. 2 literally)."),
+    alphas: str = typer.Option("1,1,1", help="Stage weights alpha_1..3; 0,0,1 = last stage only, 1,0,1 = first + last."),
+    beta: float = typer.Option(2.0, help="SmoothL1 beta."),
+    taps: Optional[str] = typer.Option(None, help="Teacher module names giving the stride 4,8,16 maps (default: found automatically)."),
+    seed: int = typer.Option(0, help="Seed of the student's init and the data order."),
+    work_dir: Path = typer.Option(Path("lgt-distill"), help="Folder for checkpoints, metrics.jsonl and aux.safetensors."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --work-dir."),
+    force: bool = typer.Option(False, "--force", help="Start over even if --work-dir holds a run."),
+    ckpt_every: int = typer.Option(500, help="Steps between checkpoints."),
+    log_every: int = typer.Option(20, help="Steps between metrics lines."),
+    workers: int = typer.Option(4, help="Data-loading worker processes per GPU."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Distil an auxiliary model from an ancestry (CLKG stage 1); writes WORK_DIR/aux.safetensors."""
+    settings, opts = _distill_inputs(**locals())
+    from .distill import distill as run_distill
+
+    summary = run_distill(settings, opts)
+    _print_distill_summary(summary)
+
+
+@app.command()
+@handles_errors
+def extract(
+    ancestry: Path = _ANCESTRY,
+    arch: str = _ARCH,
+    output: Path = typer.Option(Path("learngene.safetensors"), "-o", "--output", help="Bundle to write."),
+    stages: str = typer.Option("1,3", help="Auxiliary stages that give a run (edge kernels: first and last)."),
+    run_length: Optional[int] = typer.Option(None, help="Layers per run (default: the whole stage)."),
+    data: Optional[Path] = typer.Option(None, help="Folder of training images (recursive; labels unused)."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Use procedural images instead of --data."),
+    aux: str = typer.Option("lgt_aux_base", help="Auxiliary model variant: lgt_aux_tiny, lgt_aux_small, lgt_aux_base."),
+    widths: Optional[str] = typer.Option(None, help="Override the variant's stage widths, e.g. 64,128,256."),
+    depths: Optional[str] = typer.Option(None, help="Override the variant's stage depths, e.g. 3,4,4."),
+    img_size: int = typer.Option(224, help="Training image size (a multiple of 16)."),
+    batch_size: int = typer.Option(128, help="Global batch size over all processes."),
+    steps: int = typer.Option(10_000, help="Optimiser steps."),
+    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate."),
+    weight_decay: float = typer.Option(0.05, help="AdamW weight decay (conv and projection weights only)."),
+    warmup_steps: int = typer.Option(500, help="Linear warm-up steps before the cosine decay."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip (0: off)."),
+    precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory on GPU."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the student and loss."),
+    merge_teacher: bool = typer.Option(True, "--merge-teacher/--no-merge-teacher", help="Run RepLKNet in its merged (re-parameterised) form."),
+    loss: str = typer.Option("smoothl1", help="smoothl1 (reference, beta 2), l2, or paper (Eq. 2 literally)."),
+    alphas: str = typer.Option("1,1,1", help="Stage weights alpha_1..3; 0,0,1 = last stage only, 1,0,1 = first + last."),
+    beta: float = typer.Option(2.0, help="SmoothL1 beta."),
+    taps: Optional[str] = typer.Option(None, help="Teacher module names giving the stride 4,8,16 maps (default: found automatically)."),
+    seed: int = typer.Option(0, help="Seed of the student's init and the data order."),
+    work_dir: Path = typer.Option(Path("lgt-distill"), help="Folder for checkpoints, metrics.jsonl and aux.safetensors."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --work-dir."),
+    force: bool = typer.Option(False, "--force", help="Start over / overwrite the bundle."),
+    ckpt_every: int = typer.Option(500, help="Steps between checkpoints."),
+    log_every: int = typer.Option(20, help="Steps between metrics lines."),
+    workers: int = typer.Option(4, help="Data-loading worker processes per GPU."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
+    args = dict(locals())
+    from .extract import extract as run_extract
+    from .selection import SelectionSettings
+
+    selection = SelectionSettings(stages=_parse_stages(args.pop("stages")), run_length=args.pop("run_length"))
+    output = args.pop("output")
+    settings, opts = _distill_inputs(**args)
+    summary = run_extract(settings, opts, output, selection)
+    _print_distill_summary(summary)
+    if os.environ.get("RANK", "0") == "0":
+        from .describe import describe_bundle
+
+        render.show_bundle(out, describe_bundle(output))
+        out.print(f"wrote [bold]{output}[/]")
+
+
+def _print_distill_summary(summary: dict[str, Any]) -> None:
+    if os.environ.get("RANK", "0") != "0":
+        return
+    losses = summary["final_stage_losses"] or []
+    out.print(f"distilled {summary['steps']} steps, {summary['images_seen']:,} images "
+              f"({summary['skipped_images']} unreadable skipped) on {summary['world_size']} {summary['device']} "
+              f"process(es), {summary['precision']}; final loss {summary['final_loss']:.4f} "
+              f"(stages {', '.join(f'{v:.4f}' for v in losses)}) -> {summary['aux_path']}", soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

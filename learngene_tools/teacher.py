@@ -1,0 +1,140 @@
+"""The ancestry (teacher): any model, its weights, and taps on the outputs of its stages at strides 4/8/16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import LgtError
+
+TAP_REDUCTIONS = (4, 8, 16)
+
+
+class _TapsDone(Exception):
+    """Raised by the last tap's hook: nothing after the stride-16 stage is computed."""
+
+
+class Teacher(nn.Module):
+    """Runs `model` up to its last tap and returns the tapped feature maps, in order."""
+
+    def __init__(self, model: nn.Module, taps: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.taps = list(taps)
+        modules = dict(model.named_modules())
+        missing = [t for t in self.taps if t not in modules]
+        if missing:
+            raise LgtError(f"teacher has no module named {', '.join(missing)} (taps are module names such as layer2)")
+        self._out: dict[str, torch.Tensor] = {}
+        for name in self.taps:
+            modules[name].register_forward_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def hook(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+            self._out[name] = out[0] if isinstance(out, (tuple, list)) else out
+            if len(self._out) == len(self.taps):
+                raise _TapsDone
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self._out = {}
+        try:
+            self.model(x)
+        except _TapsDone:
+            pass
+        missing = [t for t in self.taps if t not in self._out]
+        if missing:
+            raise LgtError(f"teacher taps {missing} were not reached in the forward pass")
+        feats, self._out = [self._out[t] for t in self.taps], {}
+        for name, f in zip(self.taps, feats):
+            if f.ndim != 4:
+                raise LgtError(f"teacher tap {name} gave a {f.ndim}-d output {tuple(f.shape)}; taps must give NCHW maps")
+        return feats
+
+
+def taps_from_feature_info(model: nn.Module) -> list[str] | None:
+    """For a timm model: the last feature_info module at each of strides 4, 8 and 16."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list) or not info or not all(isinstance(i, dict) for i in info):
+        return None
+    taps = []
+    for r in TAP_REDUCTIONS:
+        names = [i["module"] for i in info if i.get("reduction") == r]
+        if not names:
+            return None
+        taps.append(names[-1])
+    return taps
+
+
+def trace_taps(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> list[str]:
+    """Find taps by one dummy forward: the last module to finish with a 4-d output at each stride 4, 8, 16."""
+    seen: list[tuple[str, int]] = []
+    h = input_size[1]
+    hooks = []
+    for name, m in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-2] > 0:
+                seen.append((name, round(h / out.shape[-2])))
+
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+        model.train(was)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    taps = []
+    for r in TAP_REDUCTIONS:
+        names = [n for n, red in seen if red == r]
+        if not names:
+            raise LgtError(f"the teacher has no module with output stride {r}; name its stages with --taps")
+        taps.append(names[-1])
+    return taps
+
+
+def load_teacher_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> None:
+    """Load an ancestry checkpoint (any wrapper/prefix the io module knows) strictly into `model`."""
+    from .checkpoint_io import load_checkpoint
+
+    if _is_replknet(type(model).__name__.lower()):  # released RepLKNet files: training or merged form, `args` pickled
+        from .replknet import load_ancestry_checkpoint
+
+        load_ancestry_checkpoint(model, path)
+        return
+    ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
+    state = ckpt.state_dict()
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise LgtError(
+            f"{path}: does not match the teacher architecture: {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]}); "
+            "check --arch"
+        )
+
+
+def build_teacher(arch: str, checkpoint: str | Path | None, taps: Sequence[str] | None = None,
+                  merged: bool = True, trust_pickle: bool = False, img_size: int = 224) -> tuple[Teacher, dict]:
+    """The frozen teacher in eval mode, and a description of it for provenance."""
+    from .arch import build_model
+
+    kwargs = {"merged": True} if merged and _is_replknet(arch) else {}
+    model = build_model(arch, seed=0, **kwargs)
+    if checkpoint is not None:
+        load_teacher_weights(model, checkpoint, trust_pickle=trust_pickle)
+    model.eval().requires_grad_(False)
+    chosen = list(taps) if taps else (taps_from_feature_info(model) or trace_taps(model, (3, img_size, img_size)))
+    return Teacher(model, chosen), {"arch": arch, "taps": chosen, "merged": bool(kwargs)}
+
+
+def _is_replknet(arch: str) -> bool:
+    return arch.split(":", 1)[-1].startswith("replknet")
