@@ -293,6 +293,9 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
     skipped_before, skipped_here = skipped, 0
 
     def checkpoint() -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in student.parameters()):
+            bad.fill_(True)
+            finite_or_stop(step)
         if d.main:
             _atomic_torch_save({
                 "settings": json.dumps(s.to_json(), sort_keys=True), "student": student.state_dict(),
@@ -306,8 +309,10 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
         if d.world > 1:
             dist.all_reduce(flag)
         if flag.item():
-            raise LgtError(f"loss became NaN/inf by step {at}; the last good checkpoint is kept in "
-                           f"{opts.work_dir / STATE_FILE}; lower --lr or use --precision fp32, then --resume")
+            kept = f"the last good checkpoint is kept in {opts.work_dir / STATE_FILE}" \
+                if (opts.work_dir / STATE_FILE).exists() else "no checkpoint had been written yet"
+            raise LgtError(f"loss or weights became NaN/inf by step {at}; {kept}; "
+                           "lower --lr or use --precision fp32, then --resume (or --force to start over)")
 
     student.train()
     for x, n_bad in _loader(s, step, d, opts.num_workers, device):
