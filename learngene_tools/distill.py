@@ -243,6 +243,33 @@ def _check_work_dir(opts: RunOptions, settings: DistillSettings) -> dict[str, An
     return state
 
 
+def make_optimizer(student: nn.Module, s: DistillSettings, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on conv weights only, not on BN parameters or biases."""
+    decay = [p for p in student.parameters() if p.ndim > 1]
+    no_decay = [p for p in student.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=s.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
+
+
+def train_step(teacher: nn.Module, student: Student, fwd: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+               lr: float, grad_clip: float, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch: frozen teacher under inference_mode, student + loss forward/backward."""
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        targets = student.loss.teacher_targets(teacher(x))
+    targets = [None if t is None else t.clone() for t in targets]  # inference tensors cannot be saved for backward
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        loss, per = fwd(x, targets)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+    opt.step()
+    return loss.detach(), per
+
+
 def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
     """Run (or resume) a distillation; writes the auxiliary model to work_dir/aux.safetensors and returns a summary."""
     d, device = _init_distributed(opts.device)
@@ -263,10 +290,7 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
     if d.world > 1:
         _sync_bn(student)
     student = student.to(device, memory_format=memory_format)
-    decay = [p for n, p in student.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in student.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=s.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
+    opt = make_optimizer(student, s, device)
     step, images_seen, skipped = 0, 0, 0
     if state is not None:
         student.load_state_dict(state["student"])
@@ -284,7 +308,6 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
     metrics_path = opts.work_dir / METRICS_FILE
     if state is None and d.main and metrics_path.exists():
         metrics_path.unlink()
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     start_step, t_start = step, time.perf_counter()
     window: list[torch.Tensor] = []
     window_images, window_t0 = 0, time.perf_counter()
@@ -319,19 +342,8 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
         if x.numel() == 0:
             raise LgtError(f"a whole batch of images failed to decode at step {step}; check the files under {s.data}")
         x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        with torch.inference_mode(), autocast():
-            targets = student.loss.teacher_targets(teacher(x))
-        targets = [None if t is None else t.clone() for t in targets]  # inference tensors cannot be saved for backward
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, s)
-        with autocast():
-            loss, per = fwd(x, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), s.grad_clip)
-        bad |= ~torch.isfinite(loss.detach())
-        opt.step()
+        loss, per = train_step(teacher, student, fwd, opt, x, lr_at(step, s), s.grad_clip, bf16)
+        bad |= ~torch.isfinite(loss)
         step += 1
         n_imgs = s.batch_size
         images_seen += n_imgs
