@@ -21,6 +21,12 @@ HEAD_NAMES = frozenset({
     "class_embed", "bbox_embed", "logits", "box_head", "box_predictor", "roi_heads", "rpn", "detect", "neck",
 })
 _BN_PARTS = ("weight", "bias", "running_mean", "running_var")
+BEYOND_BACKBONE = "after the backbone: the feature path returns to a finer stride here (neck, decoder or head)"
+
+
+def _is_bn(m: nn.Module) -> bool:
+    """A BatchNorm, including the frozen kind torchvision and transformers use in detection backbones."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m).__name__.endswith("FrozenBatchNorm2d")
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict
     model = model.eval()
     names = {m: n for n, m in model.named_modules()}
     # BN modules may hold an activation (timm's BatchNormAct2d): hook them as well as the leaves.
-    hooked = [m for m in model.modules() if not list(m.children()) or isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    hooked = [m for m in model.modules() if not list(m.children()) or _is_bn(m)]
     events: list[tuple[nn.Module, Any, Any]] = []
     keep_alive: list[Any] = []
 
@@ -179,8 +185,8 @@ def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict
             mod, prev_in = found
             if isinstance(mod, nn.Conv2d):
                 return names[mod] + ".weight"
-            if not isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity,
-                                    nn.Dropout, nn.LeakyReLU, nn.Hardswish, nn.Mish, nn.ELU)):
+            if not (_is_bn(mod) or isinstance(mod, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity, nn.Dropout,
+                                                     nn.LeakyReLU, nn.Hardswish, nn.Mish, nn.ELU))):
                 return None
             xin = prev_in
         return None
@@ -189,6 +195,13 @@ def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict
     nominal = _nominal_reductions(
         [(names[m], m, max(1, round(image / xout.shape[-2]))) for m, (_, xout) in seen.items() if isinstance(m, nn.Conv2d)]
     )
+    beyond, peak = set(), 0
+    for m in seen:  # execution order: the backbone is the prefix whose stride never falls back
+        if isinstance(m, nn.Conv2d):
+            r = nominal[names[m]]
+            if beyond or r < peak:
+                beyond.add(m)
+            peak = max(peak, r)
     out: list[TargetConv] = []
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.Conv2d):
@@ -205,10 +218,12 @@ def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict
             xin, xout = seen[mod]
             reduction = nominal[name]
             for c in consumers.get(id(xout), []):
-                if isinstance(c, nn.modules.batchnorm._BatchNorm) and all(f"{names[c]}.{p}" in shapes for p in _BN_PARTS):
+                if _is_bn(c) and all(f"{names[c]}.{p}" in shapes for p in _BN_PARTS):
                     bn = names[c]
             producer = producer_of(xin)
         ok, reason = _eligibility(key, shape, mod.groups, traced)  # type: ignore[arg-type]
+        if ok and mod in beyond:
+            ok, reason = False, BEYOND_BACKBONE
         out.append(TargetConv(key, shape, reduction, mod.groups, bn, producer, ok, reason))  # type: ignore[arg-type]
     order = {k: i for i, k in enumerate(shapes)}
     return sorted(out, key=lambda c: order[c.key])
