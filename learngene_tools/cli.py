@@ -128,8 +128,8 @@ def select(
 @app.command()
 @handles_errors
 def transplant(
-    bundle: Path = typer.Argument(..., help="Learngene bundle (.safetensors)."),
-    target: str = typer.Argument(..., help="Target checkpoint file, or a model spec: timm:NAME, torchvision:NAME, pkg.module:factory."),
+    bundle: str = typer.Argument(..., help="Learngene bundle: a .safetensors file or hf://OWNER/REPO/FILE[@REVISION]."),
+    target: str = typer.Argument(..., help="Target checkpoint file (or hf://OWNER/REPO/FILE[@REVISION]), or a model spec: timm:NAME, torchvision:NAME, pkg.module:factory."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Descendant checkpoint (default: <target>_lg.<ext> here)."),
     arch: Optional[str] = typer.Option(None, help="Model of the target (timm name or pkg.module:factory) for exact strides."),
     seed: int = typer.Option(0, help="Seed for every random draw."),
@@ -141,8 +141,11 @@ def transplant(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
 ) -> None:
     """Initialise a target checkpoint's convs from a learngene bundle."""
+    from .hub import is_hf_ref, resolve_file
     from .transplant import default_output, transplant as run_transplant
 
+    bundle = str(resolve_file(bundle, expect_bundle=True))  # hf:// references: downloaded into the HF cache
+    target = str(resolve_file(target)) if is_hf_ref(target) else target
     dest = None if dry_run else (output or default_output(target))
     with _status(f"transplanting {bundle} into {target}"):
         plan = run_transplant(
@@ -159,23 +162,88 @@ def transplant(
 @app.command()
 @handles_errors
 def inspect(
-    file: str = typer.Argument(..., help="A bundle, a checkpoint, or a model spec (timm:NAME)."),
+    file: str = typer.Argument(..., help="A bundle, a checkpoint, a model spec (timm:NAME), or hf://OWNER/REPO/FILE[@REVISION]."),
     arch: Optional[str] = typer.Option(None, help="Model of a checkpoint, for exact strides."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Re-hash a bundle's tensor bytes."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Re-hash a bundle's tensor bytes (default: yes for a local file; a Hub bundle is read from its header alone, --verify downloads it)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
 ) -> None:
     """Describe a bundle (from its header) or a checkpoint's conv layers."""
     from .describe import is_bundle_file
+    from .hub import describe_hub_file, is_hf_ref
 
+    if is_hf_ref(file):
+        summary = describe_hub_file(file, verify=verify, arch=arch, trust_pickle=trust_pickle)
+        if as_json:
+            render.print_json(summary)
+        else:
+            (render.show_bundle if summary["kind"] == "learngene bundle" else render.show_checkpoint)(out, summary)
+        return
     path = Path(file)
     if path.is_file() and is_bundle_file(path):
-        render.inspect_bundle(out, file, verify=verify, as_json=as_json)
+        render.inspect_bundle(out, file, verify=verify is not False, as_json=as_json)
         return
     from .describe import describe_checkpoint
 
     summary = describe_checkpoint(file, arch=arch, trust_pickle=trust_pickle)
     render.print_json(summary) if as_json else render.show_checkpoint(out, summary)
+
+
+@app.command()
+@handles_errors
+def pull(
+    repo: str = typer.Argument(..., help="OWNER/REPO on the Hub (or hf://OWNER/REPO/FILE[@REVISION])."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit (default: main)."),
+    filename: Optional[str] = typer.Option(None, "--filename", help="Bundle file in the repo (default: learngene.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the path, repo, file and commit as JSON."),
+) -> None:
+    """Download a learngene bundle into the Hugging Face cache and print its local path."""
+    from .hub import commit_of, pull as hub_pull
+
+    path = hub_pull(repo, filename=filename, revision=revision)
+    if as_json:
+        render.print_json({"path": str(path), "repo": repo, "filename": path.name, "revision": revision, "commit": commit_of(path)})
+    else:
+        sys.stdout.write(f"{path}\n")  # plain, never wrapped: `$(lgt pull …)` works
+
+
+@app.command()
+@handles_errors
+def push(
+    bundle: Path = typer.Argument(..., help="Learngene bundle to upload (.safetensors)."),
+    repo: str = typer.Argument(..., help="OWNER/REPO on the Hub; created if it does not exist."),
+    private: bool = typer.Option(False, "--private", help="Create the repo as private."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to push to (created from main if needed)."),
+    create_pr: bool = typer.Option(False, "--create-pr", help="Open a pull request instead of committing to the branch."),
+    filename: Optional[str] = typer.Option(None, "--filename", help="Name in the repo (default: the bundle's file name)."),
+    license_: Optional[str] = typer.Option(None, "--license", help="License id for the model card, e.g. mit or apache-2.0."),
+    overwrite_card: bool = typer.Option(False, "--overwrite-card", help="Replace an existing README.md with a generated card."),
+    message: Optional[str] = typer.Option(None, "-m", "--message", help="Commit message."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Upload a bundle with a generated model card (README.md) to a Hub model repo (needs HF_TOKEN)."""
+    from .hub import DEFAULT_FILENAME, push as hub_push
+
+    r = hub_push(
+        bundle, repo, filename=filename, private=private, revision=revision, create_pr=create_pr, license=license_,
+        overwrite_card=overwrite_card, commit_message=message,
+    )
+    if as_json:
+        render.print_json(r.to_json())
+        return
+    where = f"{r.repo_id}@{r.revision}"
+    if r.pr_url:
+        out.print(f"opened pull request {r.pr_url} on {where}: {r.filename} (commit {r.commit[:10]})")
+    elif r.changed:
+        created = " (new repo" + (", private)" if private else ")") if r.repo_created else ""
+        out.print(f"pushed {r.filename} to {where}{created}, commit {r.commit[:10]}; model card {r.card}")
+    else:
+        out.print(f"nothing to push: {where} already has this {r.filename} and card (commit {r.commit[:10]})")
+    rev = f" --revision {r.revision}" if r.revision != "main" else ""
+    fname = f" --filename {r.filename}" if r.filename != DEFAULT_FILENAME else ""
+    ref = f"hf://{r.repo_id}/{r.filename}" + (f"@{r.revision}" if rev else "")
+    if not r.pr_url:
+        out.print(f"use it with: lgt pull {r.repo_id}{fname}{rev}  |  lgt transplant {ref} TARGET -o OUT", soft_wrap=True)
 
 
 @app.command()
