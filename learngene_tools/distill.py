@@ -58,8 +58,8 @@ class DistillSettings:
     taps: tuple[str, ...] | None = None
     seed: int = 0
     synthetic_length: int = 100_000
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] | None = None  # None: the teacher's pretrained_cfg, else ImageNet's
+    std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("img_size", "batch_size", "steps"):
@@ -92,6 +92,7 @@ class RunOptions:
     num_workers: int = 4
     trust_pickle: bool = False
     device: str | None = None
+    recipe: dict[str, Any] | None = None
     progress: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False)
 
 
@@ -198,6 +199,16 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _with_normalisation(s: DistillSettings, model: nn.Module) -> DistillSettings:
+    """Fill unset mean/std from the teacher's pretrained_cfg (timm), else ImageNet's."""
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = s.mean or tuple(cfg.get("mean", IMAGENET_MEAN))
+    std = s.std or tuple(cfg.get("std", IMAGENET_STD))
+    return replace(s, mean=mean, std=std)  # type: ignore[arg-type]
+
+
 def _teacher_channels(teacher: nn.Module, s: DistillSettings, device: torch.device) -> list[int]:
     with torch.inference_mode():
         feats = teacher(torch.zeros(1, 3, s.img_size, s.img_size, device=device))
@@ -283,6 +294,7 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
     memory_format = torch.channels_last if s.channels_last and device.type == "cuda" else torch.contiguous_format
     teacher = teacher.to(device, memory_format=memory_format)
     t_chs = _teacher_channels(teacher, s, device)
+    s = _with_normalisation(s, teacher.model)
 
     torch.manual_seed(s.seed)
     aux = create_aux(s.aux)
@@ -321,7 +333,7 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
             finite_or_stop(step)
         if d.main:
             _atomic_torch_save({
-                "settings": json.dumps(s.to_json(), sort_keys=True), "student": student.state_dict(),
+                "settings": json.dumps(settings.to_json(), sort_keys=True), "student": student.state_dict(),
                 "optimizer": opt.state_dict(), "step": step, "images_seen": images_seen, "skipped_images": skipped,
                 "tool_version": __version__,
             }, opts.work_dir / STATE_FILE)
@@ -380,6 +392,7 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
         "skipped_images": skipped, "final_loss": last_losses[0] if last_losses else None,
         "final_stage_losses": last_losses[1:] if last_losses else None, "resumed_from_step": start_step or None,
         "world_size": d.world, "device": device.type, "precision": "bf16" if bf16 else "fp32",
+        **({"recipe": opts.recipe} if opts.recipe else {}),
     }
     aux_path = opts.work_dir / AUX_FILE
     if d.main:

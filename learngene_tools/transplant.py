@@ -86,8 +86,12 @@ def transplant(
     trust_pickle: bool = False,
     dry_run: bool = False,
     input_size: tuple[int, int] | None = None,
+    recipe: dict | None = None,
 ) -> TransplantPlan:
-    """Initialise `target` from a learngene bundle and write it to `out` (nothing is written with `dry_run`)."""
+    """Initialise `target` from a learngene bundle and write it to `out` (nothing is written with `dry_run`).
+
+    `recipe` (a recipe's provenance) is recorded with the transplant in a safetensors output's metadata.
+    """
     bundle = read_bundle_header(bundle_path, verify=True)
     out_path = Path(out) if out is not None else None
     if out_path is not None and not dry_run:
@@ -102,7 +106,7 @@ def transplant(
     updates = apply_plan(plan, bundle, ckpt)
     record = {
         "bundle": Path(bundle.source).name, "bundle_hash": plan.bundle_hash, "seed": seed, "transfer_bn": transfer_bn,
-        "layers": {a.layer: a.target for a in plan.placed},
+        "layers": {a.layer: a.target for a in plan.placed}, **({"recipe": recipe} if recipe else {}),
     }
     save_checkpoint(ckpt, updates, out_path, metadata={TRANSPLANT_KEY: json.dumps(record, sort_keys=True)})
     return plan

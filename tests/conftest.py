@@ -50,9 +50,9 @@ def bundle_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "learngene.safetensors"
 
 
-def run_lgt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_lgt(*args: str, cwd: Path | None = None, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the real `lgt` entry point in a subprocess (as a user would)."""
     return subprocess.run(
         [sys.executable, "-m", "learngene_tools", *args], capture_output=True, text=True, cwd=cwd,
-        env={**__import__("os").environ, "COLUMNS": "200"},
+        env={**__import__("os").environ, "COLUMNS": "200", **(env_extra or {})},
     )
