@@ -128,8 +128,9 @@ def select(
 @app.command()
 @handles_errors
 def transplant(
+    ctx: typer.Context,
     bundle: str = typer.Argument(..., help="Learngene bundle: a .safetensors file or hf://OWNER/REPO/FILE[@REVISION]."),
-    target: str = typer.Argument(..., help="Target checkpoint file (or hf://OWNER/REPO/FILE[@REVISION]), or a model spec: timm:NAME, torchvision:NAME, pkg.module:factory."),
+    target: Optional[str] = typer.Argument(None, help="Target checkpoint file (or hf://OWNER/REPO/FILE[@REVISION]), or a model spec: timm:NAME, torchvision:NAME, pkg.module:factory."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Descendant checkpoint (default: <target>_lg.<ext> here)."),
     arch: Optional[str] = typer.Option(None, help="Model of the target (timm name or pkg.module:factory) for exact strides."),
     seed: int = typer.Option(0, help="Seed for every random draw."),
@@ -139,8 +140,14 @@ def transplant(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="TOML transplant recipe (see recipes/); options given here win over it."),
 ) -> None:
     """Initialise a target checkpoint's convs from a learngene bundle."""
+    args = _with_recipe(ctx, {"target": target, "output": output, "arch": arch, "seed": seed, "bn": bn,
+                              "input_size": input_size, "recipe": recipe}, "transplant")
+    target, output, arch, seed, bn, input_size = (args[k] for k in ("target", "output", "arch", "seed", "bn", "input_size"))
+    if target is None:
+        raise LgtError("give a TARGET (a checkpoint file or a model spec such as timm:resnet50), or a --recipe that names one")
     from .hub import is_hf_ref, resolve_file
     from .transplant import default_output, transplant as run_transplant
 
@@ -150,7 +157,7 @@ def transplant(
     with _status(f"transplanting {bundle} into {target}"):
         plan = run_transplant(
             bundle, target, dest, arch=arch, seed=seed, transfer_bn=bn, force=force, trust_pickle=trust_pickle,
-            dry_run=dry_run, input_size=_parse_size(input_size),
+            dry_run=dry_run, input_size=_parse_size(input_size), recipe=args["recipe"],
         )
     if as_json:
         render.print_json({**plan.to_json(), "output": None if dest is None else str(dest)})
@@ -284,10 +291,10 @@ def _parse_ints(text: str, name: str, n: int) -> tuple[int, ...]:
 
 
 def _distill_inputs(
-    ancestry: Path, arch: str, data: Optional[Path], synthetic: bool, aux: str, widths: Optional[str],
+    ancestry: Optional[Path], arch: Optional[str], recipe: Optional[dict], data: Optional[Path], synthetic: bool, aux: str, widths: Optional[str],
     depths: Optional[str], img_size: int, batch_size: int, steps: int, lr: float, weight_decay: float,
     warmup_steps: int, grad_clip: float, precision: str, channels_last: bool, compile_: bool, merge_teacher: bool,
-    loss: str, alphas: str, beta: float, taps: Optional[str], seed: int, work_dir: Path, resume: bool, force: bool,
+    loss: str, alphas: str, beta: float, mean: Optional[str], std: Optional[str], taps: Optional[str], seed: int, work_dir: Path, resume: bool, force: bool,
     ckpt_every: int, log_every: int, workers: int, trust_pickle: bool, device: Optional[str],
 ):
     """Settings and run options from the shared distill/extract options."""
@@ -295,6 +302,8 @@ def _distill_inputs(
     from .distill import DistillSettings, RunOptions
     from .distill_loss import LossSettings
 
+    if ancestry is None or arch is None:
+        raise LgtError("give the ancestry checkpoint and --arch (or a --recipe that names them)")
     if (data is None) == (not synthetic):
         raise LgtError("give exactly one of --data DIR (a folder of images) and --synthetic (procedural images)")
     if data is not None and not data.is_dir():
@@ -314,12 +323,32 @@ def _distill_inputs(
         weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip, precision=precision,
         channels_last=channels_last, compile=compile_, merged_teacher=merge_teacher,
         taps=tuple(t for t in taps.split(",") if t) if taps else None, seed=seed,
+        mean=_parse_floats(mean, "--mean", 3) if mean else None, std=_parse_floats(std, "--std", 3) if std else None,  # type: ignore[arg-type]
     )
     opts = RunOptions(
         work_dir=work_dir, ancestry=ancestry, resume=resume, force=force, ckpt_every=ckpt_every, log_every=log_every,
-        num_workers=workers, trust_pickle=trust_pickle, device=device, progress=_progress_printer(steps),
+        num_workers=workers, trust_pickle=trust_pickle, device=device, progress=_progress_printer(steps), recipe=recipe,
     )
     return settings, opts
+
+
+def _with_recipe(ctx: typer.Context, args: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Fill options not given on the command line from --recipe; `recipe` becomes the recipe's provenance."""
+    path = args.get("recipe")
+    if path is None:
+        return args
+    from .recipes import as_cli_value, load_recipe
+
+    loaded = load_recipe(path, kind)
+    for key, value in loaded.settings.items():
+        param = "compile_" if key == "compile" else key
+        if param not in args:
+            continue  # e.g. `output` for `lgt distill`, which writes into --work-dir
+        source = ctx.get_parameter_source(param)
+        if source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT"):
+            args[param] = as_cli_value(key, value)
+    args["recipe"] = loaded.provenance()
+    return args
 
 
 def _progress_printer(total: int) -> Callable[[dict[str, Any]], None]:
@@ -348,15 +377,18 @@ def _progress_printer(total: int) -> Callable[[dict[str, Any]], None]:
     return update
 
 
-_ANCESTRY = typer.Argument(..., help="Ancestry (teacher) checkpoint: .pth/.pt/.safetensors, e.g. RepLKNet-31B_ImageNet-1K_224.pth.")
-_ARCH = typer.Option(..., "--arch", help="Teacher architecture: replknet_31b/_31l/_xl, any timm name, torchvision:NAME or pkg.module:factory.")
+_ANCESTRY = typer.Argument(None, help="Ancestry (teacher) checkpoint: .pth/.pt/.safetensors, e.g. RepLKNet-31B_ImageNet-1K_224.pth.")
+_ARCH = typer.Option(None, "--arch", help="Teacher architecture: replknet_31b/_31l/_xl, any timm name, torchvision:NAME or pkg.module:factory.")
+_RECIPE = typer.Option(None, "--recipe", help="TOML recipe (see recipes/); options given here win over it.")
 
 
 @app.command()
 @handles_errors
 def distill(
-    ancestry: Path = _ANCESTRY,
-    arch: str = _ARCH,
+    ctx: typer.Context,
+    ancestry: Optional[Path] = _ANCESTRY,
+    arch: Optional[str] = _ARCH,
+    recipe: Optional[Path] = _RECIPE,
     data: Optional[Path] = typer.Option(None, help="Folder of training images (recursive; labels unused)."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Use procedural images instead of --data."),
     aux: str = typer.Option("lgt_aux_base", help="Auxiliary model variant: lgt_aux_tiny, lgt_aux_small, lgt_aux_base."),
@@ -376,6 +408,8 @@ def distill(
     loss: str = typer.Option("smoothl1", help="smoothl1 (reference, beta 2), l2, or paper (Eq. 2 literally)."),
     alphas: str = typer.Option("1,1,1", help="Stage weights alpha_1..3; 0,0,1 = last stage only, 1,0,1 = first + last."),
     beta: float = typer.Option(2.0, help="SmoothL1 beta."),
+    mean: Optional[str] = typer.Option(None, help="Input normalisation mean, e.g. 0.5,0.5,0.5 (default: the teacher's, else ImageNet's)."),
+    std: Optional[str] = typer.Option(None, help="Input normalisation std (default: the teacher's, else ImageNet's)."),
     taps: Optional[str] = typer.Option(None, help="Teacher module names giving the stride 4,8,16 maps (default: found automatically)."),
     seed: int = typer.Option(0, help="Seed of the student's init and the data order."),
     work_dir: Path = typer.Option(Path("lgt-distill"), help="Folder for checkpoints, metrics.jsonl and aux.safetensors."),
@@ -388,7 +422,9 @@ def distill(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Distil an auxiliary model from an ancestry (CLKG stage 1); writes WORK_DIR/aux.safetensors."""
-    settings, opts = _distill_inputs(**locals())
+    args = _with_recipe(ctx, {k: v for k, v in locals().items() if k != "ctx"}, "extract")
+    args.pop("stages", None), args.pop("run_length", None), args.pop("output", None)
+    settings, opts = _distill_inputs(**args)
     from .distill import distill as run_distill
 
     summary = run_distill(settings, opts)
@@ -398,8 +434,10 @@ def distill(
 @app.command()
 @handles_errors
 def extract(
-    ancestry: Path = _ANCESTRY,
-    arch: str = _ARCH,
+    ctx: typer.Context,
+    ancestry: Optional[Path] = _ANCESTRY,
+    arch: Optional[str] = _ARCH,
+    recipe: Optional[Path] = _RECIPE,
     output: Path = typer.Option(Path("learngene.safetensors"), "-o", "--output", help="Bundle to write."),
     stages: str = typer.Option("1,3", help="Auxiliary stages that give a run (edge kernels: first and last)."),
     run_length: Optional[int] = typer.Option(None, help="Layers per run (default: the whole stage)."),
@@ -422,6 +460,8 @@ def extract(
     loss: str = typer.Option("smoothl1", help="smoothl1 (reference, beta 2), l2, or paper (Eq. 2 literally)."),
     alphas: str = typer.Option("1,1,1", help="Stage weights alpha_1..3; 0,0,1 = last stage only, 1,0,1 = first + last."),
     beta: float = typer.Option(2.0, help="SmoothL1 beta."),
+    mean: Optional[str] = typer.Option(None, help="Input normalisation mean, e.g. 0.5,0.5,0.5 (default: the teacher's, else ImageNet's)."),
+    std: Optional[str] = typer.Option(None, help="Input normalisation std (default: the teacher's, else ImageNet's)."),
     taps: Optional[str] = typer.Option(None, help="Teacher module names giving the stride 4,8,16 maps (default: found automatically)."),
     seed: int = typer.Option(0, help="Seed of the student's init and the data order."),
     work_dir: Path = typer.Option(Path("lgt-distill"), help="Folder for checkpoints, metrics.jsonl and aux.safetensors."),
@@ -434,7 +474,7 @@ def extract(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
-    args = dict(locals())
+    args = _with_recipe(ctx, {k: v for k, v in locals().items() if k != "ctx"}, "extract")
     from .extract import extract as run_extract
     from .selection import SelectionSettings
 
