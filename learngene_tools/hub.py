@@ -22,7 +22,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from . import __version__
@@ -346,7 +346,7 @@ def hub_error(e: BaseException, ref: HfRef | str, *, write: bool = False) -> Lgt
     return None
 
 
-def _raise_hub_error(e: BaseException, ref: HfRef | str, *, write: bool = False) -> None:
+def _raise_hub_error(e: BaseException, ref: HfRef | str, *, write: bool = False) -> NoReturn:
     err = hub_error(e, ref, write=write)
     if err is None:
         raise e
@@ -397,7 +397,6 @@ def _download(ref: HfRef, progress: bool | None) -> Path:
             return Path(hf_hub_download(**_download_kwargs(ref)))
         except Exception as e:  # noqa: BLE001
             _raise_hub_error(e, ref)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _relabel(err: LgtError, path: Path, ref: HfRef) -> LgtError:
