@@ -35,13 +35,40 @@ def show_bundle(out: Console, s: dict[str, Any]) -> None:
     out.print(t)
     hash_state = "verified" if s["hash_verified"] else "not verified"
     out.print(f"tensor hash {s['tensor_hash']} ({hash_state})")
-    out.print(f"ancestry: {anc.get('arch', 'unknown (not recorded)') if anc else 'unknown (not recorded)'}"
-              f"; auxiliary: {aux}; tool {prov.get('tool', {}).get('version', '?')}")
+    out.print(f"ancestry: {_ancestry_text(anc)}")
+    aux_text = f"widths {aux.get('widths')}, depths {aux.get('depths')}" if isinstance(aux, dict) else str(aux)
+    out.print(f"auxiliary: {aux_text}; tool {prov.get('tool', {}).get('version', '?')}")
     dist = prov.get("distillation")
     if dist:
-        out.print(f"distillation: {json.dumps(dist, sort_keys=True)}")
+        out.print(f"distillation: {_distillation_text(dist)}")
     sel = prov.get("selection") or {}
     out.print(f"selection: stages {sel.get('stages')}, run length {sel.get('run_length') or 'whole stage'}")
+
+
+def _ancestry_text(anc: dict[str, Any] | None) -> str:
+    if not anc:
+        return "unknown (not recorded)"
+    parts = [str(anc.get("arch", "?"))]
+    if anc.get("checkpoint"):
+        sha = str(anc.get("checkpoint_sha256") or "")
+        parts.append(f"from {anc['checkpoint']}" + (f" ({sha[:19]}…)" if sha else ""))
+    if anc.get("taps"):
+        parts.append(f"taps {', '.join(anc['taps'])}")
+    return ", ".join(parts)
+
+
+def _distillation_text(d: dict[str, Any]) -> str:
+    st = d.get("settings") or {}
+    loss = st.get("loss") or {}
+    finals = d.get("final_stage_losses") or []
+    text = (f"{d.get('steps', '?')} steps, {d.get('images_seen', 0):,} images "
+            f"({'synthetic' if st.get('data') is None else st.get('data')}) at {st.get('img_size', '?')} px; "
+            f"loss {loss.get('kind', '?')} alphas {loss.get('alphas')}; final stage losses "
+            f"{' / '.join(f'{v:.4g}' for v in finals) or '-'}; {d.get('precision', '?')} on {d.get('world_size', 1)} "
+            f"{d.get('device', '?')} process(es)")
+    if d.get("recipe"):
+        text += f"; recipe {d['recipe'].get('name')}"
+    return text + " (--json shows every setting)"
 
 
 def plan_cells(a: Any) -> tuple[str, str, str, str]:

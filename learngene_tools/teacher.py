@@ -71,7 +71,7 @@ def taps_from_feature_info(model: nn.Module) -> list[str] | None:
 
 
 def trace_taps(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> list[str]:
-    """Find taps by one dummy forward: the last module to finish with a 4-d output at each stride 4, 8, 16."""
+    """Find taps by one dummy forward: at each stride 4, 8, 16, the last of the outermost modules with that output stride."""
     seen: list[tuple[str, int]] = []
     h = input_size[1]
     hooks = []
@@ -98,7 +98,9 @@ def trace_taps(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
         names = [n for n, red in seen if red == r]
         if not names:
             raise LgtError(f"the teacher has no module with output stride {r}; name its stages with --taps")
-        taps.append(names[-1])
+        # the outermost modules are the stages/blocks; inner ones may be the next block's expansion
+        depth = min(n.count(".") for n in names)
+        taps.append([n for n in names if n.count(".") == depth][-1])
     return taps
 
 

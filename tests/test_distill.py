@@ -58,6 +58,13 @@ def test_teacher_taps_at_strides_4_8_16(teacher_file: Path) -> None:
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.model.training
 
 
+def test_traced_taps_are_the_outermost_stage_modules() -> None:
+    import torchvision
+
+    # the last module at stride 4 is the next block's 1x1 expansion; the stage output is features.3
+    assert trace_taps(torchvision.models.mobilenet_v2(weights=None), (3, 64, 64)) == ["features.3", "features.6", "features.13"]
+
+
 def test_timm_teacher_uses_feature_info() -> None:
     teacher, desc = build_teacher("timm:resnet18", None, img_size=64)
     assert desc["taps"] == ["layer1", "layer2", "layer3"]
