@@ -122,18 +122,27 @@ def convs_from_state(shapes: dict[str, tuple[int, ...]]) -> list[TargetConv]:
 
 
 def _nominal_reductions(executed: list[tuple[str, nn.Conv2d, int]]) -> dict[str, int]:
-    """Output stride of each conv as if dilation had not replaced striding (DeepLab's dilated ResNet).
+    """Output stride of each conv as if dilation had not replaced striding (DeepLab's dilated ResNets).
 
-    A conv whose dilation replaced a stride keeps the previous dilation; the next spatial
-    backbone conv at the same real stride shows the new one, so the larger of the two counts.
+    Among the convs that share a real stride, if any spatial one is dilated, each widening of
+    the dense spatial convs (a new stage, whose stride became dilation) doubles the nominal
+    stride. This holds whether the stage's first conv keeps the old dilation (torchvision) or
+    takes the new one (segmentation-models-pytorch).
     """
-    out = {}
-    for i, (name, m, r) in enumerate(executed):
-        d = m.dilation[0]
-        if m.kernel_size[0] > 1:
-            later = (c.dilation[0] for n, c, rc in executed[i + 1 :] if rc == r and c.kernel_size[0] > 1 and _head_part(n) is None)
-            d = max(d, next(later, 1))
-        out[name] = r * d
+    def spatial(n: str, m: nn.Conv2d) -> bool:
+        return m.kernel_size[0] > 1 and m.groups == 1 and _head_part(n) is None
+
+    out: dict[str, int] = {}
+    for r in dict.fromkeys(rc for _, _, rc in executed):
+        group = [(n, m) for n, m, rc in executed if rc == r]
+        dilated = any(m.dilation[0] > 1 for n, m in group if spatial(n, m))
+        level, width = 0, None
+        for n, m in group:
+            if dilated and spatial(n, m):
+                if width is not None and m.out_channels > width:
+                    level += 1
+                width = m.out_channels if width is None else max(width, m.out_channels)
+            out[n] = r * 2**level
     return out
 
 
