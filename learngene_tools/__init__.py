@@ -1,8 +1,8 @@
 """learngene_tools: CLKG learngene extraction and transplantation.
 
 Importing this package is cheap (no torch): the public API loads on first use, and
-the auxiliary models register with timm as soon as timm is imported (or at once, if
-it already is), so ``timm.create_model("lgt_aux_base")`` works after
+the auxiliary and RepLKNet models register with timm as soon as timm is imported (or at once,
+if it already is), so ``timm.create_model("lgt_aux_base")`` works after
 ``import learngene_tools``.
 """
 
@@ -48,13 +48,19 @@ class _RegisterWithTimm(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module: Any) -> None:
             exec_module(module)
-            importlib.import_module(f"{__name__}.auxiliary")
+            _register_models()
 
         spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec
 
 
+def _register_models() -> None:
+    """Import the modules that register models with timm: the auxiliary models and the RepLKNet ancestry."""
+    for mod in ("auxiliary", "replknet"):
+        importlib.import_module(f"{__name__}.{mod}")
+
+
 if "timm" in sys.modules:
-    importlib.import_module(f"{__name__}.auxiliary")
+    _register_models()
 elif not any(isinstance(f, _RegisterWithTimm) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterWithTimm())
