@@ -19,6 +19,14 @@ def _fast_inspect(argv: list[str]) -> int | None:
         return None
     pos = [a for a in argv[1:] if not a.startswith("-")]
     opts = [a for a in argv[1:] if a.startswith("-")]
+    if len(pos) == 1 and pos[0].startswith("lgt:"):
+        from .builtin import builtin_path
+        from .errors import LgtError
+
+        try:
+            pos = [str(builtin_path(pos[0]))]
+        except LgtError:
+            return None  # the full CLI reports it
     if len(pos) != 1 or any(o not in _FAST_INSPECT_FLAGS for o in opts) or not os.path.isfile(pos[0]):
         return None
     from . import render

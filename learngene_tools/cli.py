@@ -177,8 +177,11 @@ def inspect(
 ) -> None:
     """Describe a bundle (from its header) or a checkpoint's conv layers."""
     from .describe import is_bundle_file
+    from .builtin import builtin_path, is_builtin_ref
     from .hub import describe_hub_file, is_hf_ref
 
+    if is_builtin_ref(file):
+        file = str(builtin_path(file))
     if is_hf_ref(file):
         summary = describe_hub_file(file, verify=verify, arch=arch, trust_pickle=trust_pickle)
         if as_json:

@@ -404,7 +404,11 @@ def _relabel(err: LgtError, path: Path, ref: HfRef) -> LgtError:
 
 
 def resolve_file(ref: str | os.PathLike[str], *, expect_bundle: bool = False, progress: bool | None = None) -> Path:
-    """A local path as is, or an `hf://` reference downloaded into the huggingface_hub cache."""
+    """A local path as is, a shipped `lgt:NAME` bundle, or an `hf://` reference downloaded into the HF cache."""
+    from .builtin import builtin_path, is_builtin_ref
+
+    if is_builtin_ref(ref):
+        return builtin_path(str(ref))
     if not is_hf_ref(ref):
         return Path(ref)
     hf_ref = parse_hf_ref(str(ref))

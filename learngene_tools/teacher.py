@@ -111,7 +111,7 @@ def load_teacher_weights(model: nn.Module, path: str | Path, trust_pickle: bool 
     if _is_replknet(type(model).__name__.lower()):  # released RepLKNet files: training or merged form, `args` pickled
         from .replknet import load_ancestry_checkpoint
 
-        load_ancestry_checkpoint(model, path)
+        load_ancestry_checkpoint(model, path, trust_pickle=trust_pickle)
         return
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
     state = ckpt.state_dict()

