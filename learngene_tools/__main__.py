@@ -38,9 +38,8 @@ def _fast_inspect(argv: list[str]) -> int | None:
             return None
     except LgtError:
         return None  # the full CLI reports a broken file
-    verify = "--no-verify" not in opts or opts.index("--no-verify") < max(
-        (i for i, o in enumerate(opts) if o == "--verify"), default=-1
-    )
+    last = {o: i for i, o in enumerate(opts)}  # the last of --verify / --no-verify wins, as in typer
+    verify = last.get("--no-verify", -1) < last.get("--verify", -1) or "--no-verify" not in last
     try:
         render.inspect_bundle(render.console(), pos[0], verify=verify, as_json="--json" in opts)
     except LgtError as e:

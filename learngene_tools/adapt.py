@@ -103,7 +103,11 @@ def adapt_weight(
     have = [t for t, s in enumerate(keep) if s is not None]
     if have:
         kept = w.float()[[keep[t] for t in have]]
-        out[have] = embed_kernel(adapt_in_channels(kept, c2, follow, gen), kh, kw)
+        block = embed_kernel(adapt_in_channels(kept, c2, follow, gen), kh, kw)
+        new_in = [c for c, s in enumerate(follow or []) if s is None]
+        if new_in and (kh, kw) != tuple(w.shape[2:]):  # new input channels: drawn over the whole kernel
+            block[:, new_in] = torch.randn(len(have), len(new_in), kh, kw, generator=gen) * NEW_KERNEL_STD
+        out[have] = block
     return out
 
 

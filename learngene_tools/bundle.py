@@ -160,7 +160,17 @@ def verify_hash(bundle: Bundle, f: Any) -> None:
 
 def read_bundle_header(path: str | Path, verify: bool = True) -> Bundle:
     """Read and validate a bundle's header (and, with `verify`, its tensor hash) without loading tensors."""
-    header = read_header(path)
+    if not Path(path).is_file():
+        raise LgtError(f"{path}: no such file" if not Path(path).exists() else f"{path}: is not a file")
+    try:
+        header = read_header(path)
+    except LgtError as e:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise LgtError(f"{path}: is a PyTorch checkpoint, not a learngene bundle; the bundle (the .safetensors "
+                           "file `lgt select`/`lgt extract` writes) comes first: lgt transplant BUNDLE TARGET") from None
+        raise LgtError(f"{e}; a learngene bundle is the .safetensors file `lgt select` or `lgt extract` writes") from None
     bundle = _bundle_from_header(header)
     if verify:
         with open(path, "rb") as f:

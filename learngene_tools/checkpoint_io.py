@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,12 +119,12 @@ def common_prefix(keys: list[str]) -> str:
 
 
 def _unsafe_globals(path: Path, err: Exception) -> list[str]:
-    names: list[str] = []
-    with contextlib.suppress(Exception):
-        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    """The globals a weights_only load refused, or [] when the failure was not about globals."""
+    names: list[str] = re.findall(r"(?:Unsupported global: GLOBAL|GLOBAL) ([\w.]+)", str(err))
     if not names:
-        names = re.findall(r"GLOBAL ([\w.]+)", str(err))
-    return sorted(set(names)) or ["(unknown)"]
+        with contextlib.suppress(Exception):
+            names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    return sorted(set(names))
 
 
 def torch_load(path: Path, trust_pickle: bool = False) -> Any:
@@ -132,16 +133,18 @@ def torch_load(path: Path, trust_pickle: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            names = _unsafe_globals(path, e)
+        names = _unsafe_globals(path, e) if not trust_pickle else []
+        if names:
             raise LgtError(
                 f"{path}: refusing to unpickle untrusted globals {', '.join(names)}; "
                 "if you trust this file, pass --trust-pickle"
             ) from None
-        raise LgtError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, ImportError) as e:
+        raise LgtError(f"{path}: not a readable PyTorch checkpoint (damaged or truncated pickle)") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, ImportError,
+            IndexError, KeyError, TypeError, struct.error, MemoryError, OverflowError) as e:
+        # a damaged pickle fails in many ways; none of them is the user's fault to debug
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LgtError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+        raise LgtError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
 
 
 def sniff_format(path: Path) -> str:

@@ -78,9 +78,9 @@ def _follows_bn(keys: list[str], shapes: dict[str, tuple[int, ...]], i: int, n: 
     j = i + 1
     if j < len(keys) and keys[j] == conv + ".bias":
         j += 1
-    if j >= len(keys) or not keys[j].endswith(".weight"):
+    if j >= len(keys) or "." not in keys[j]:
         return None
-    bn = keys[j][: -len(".weight")]
+    bn = keys[j].rsplit(".", 1)[0]  # the next module, whichever of its tensors comes first
     if all(shapes.get(f"{bn}.{p}") == (n,) for p in _BN_PARTS):
         return bn
     return None
@@ -99,9 +99,34 @@ def _estimate_reductions(convs: list[tuple[str, tuple[int, ...]]]) -> dict[str, 
     return {k: max(1, 2 ** (5 - (top - lv))) for k, lv in level_of.items()}
 
 
-def convs_from_state(shapes: dict[str, tuple[int, ...]]) -> list[TargetConv]:
-    """Conv layers from a state_dict's keys, shapes and order alone (reductions estimated)."""
-    keys = list(shapes)
+_FIRST = ("stem", "conv_stem", "patch_embed", "conv1", "bn1")
+
+
+def _natural_key(key: str) -> tuple:
+    """Module order guessed from a name alone: numbers compare as numbers, stems come first."""
+    parts = key.split(".")
+    first = 0 if parts[0] in _FIRST else 1
+    return (first, *((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts))
+
+
+def _bn_by_name(conv: str, shapes: dict[str, tuple[int, ...]], n: int) -> str | None:
+    """BN named after its conv (conv1 -> bn1, cv1.conv -> cv1.bn), for files whose key order is not module order."""
+    parent, _, leaf = conv.rpartition(".")
+    candidates = [leaf.replace("conv", "bn"), leaf.replace("conv", "norm")] if "conv" in leaf else []
+    for name in candidates:
+        bn = f"{parent}.{name}" if parent else name
+        if all(shapes.get(f"{bn}.{p}") == (n,) for p in _BN_PARTS):
+            return bn
+    return None
+
+
+def convs_from_state(shapes: dict[str, tuple[int, ...]], module_order: bool = True) -> list[TargetConv]:
+    """Conv layers from a state_dict's keys, shapes and order alone (reductions estimated).
+
+    `module_order=False` (safetensors files store keys by dtype and name, not by module) sorts
+    the keys naturally (layer.10 after layer.9) and also pairs BNs with convs by name.
+    """
+    keys = list(shapes) if module_order else sorted(shapes, key=_natural_key)
     prev: tuple[str, tuple[int, ...]] | None = None
     pending = []
     for i, key in enumerate(keys):
@@ -112,7 +137,14 @@ def convs_from_state(shapes: dict[str, tuple[int, ...]]) -> list[TargetConv]:
         groups = n if (c == 1 and n > 1 and pending) else 1
         producer = prev[0] if prev is not None and prev[1][0] == c and groups == 1 else None
         ok, reason = _eligibility(key, shape, groups, None)
-        pending.append((key, shape, groups, _follows_bn(keys, shapes, i, n), producer, ok, reason))
+        if module_order:
+            bn = _follows_bn(keys, shapes, i, n)
+        else:  # by name first; a neighbour in sorted order only when it is a sibling module (Sequential's 0 -> 1)
+            conv_mod = key[: -len(".weight")]
+            near = _follows_bn(keys, shapes, i, n)
+            sibling = near is not None and near.rpartition(".")[0] == conv_mod.rpartition(".")[0]
+            bn = _bn_by_name(conv_mod, shapes, n) or (near if sibling else None)
+        pending.append((key, shape, groups, bn, producer, ok, reason))
         prev = (key, shape)
     est = _estimate_reductions([(k, s) for k, s, g, *_ in pending if g == 1 and s[2] >= 3 and _head_part(k) is None])
     return [

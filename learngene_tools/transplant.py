@@ -31,7 +31,7 @@ def target_convs(
 ) -> list[TargetConv]:
     """The target's convs: traced through `arch` (or the built model) when given, else from the state_dict."""
     if arch is None and model is None:
-        return convs_from_state(ckpt.shapes)
+        return convs_from_state(ckpt.shapes, module_order=ckpt.fmt != "safetensors")
     if model is None:
         model = build_model(arch, seed=seed)  # type: ignore[arg-type]
     first = next((s for s in ckpt.shapes.values() if len(s) == 4), None)
