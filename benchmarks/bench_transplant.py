@@ -71,6 +71,11 @@ def build_inputs(workdir: Path, model_name: str) -> tuple[Path, Path, Path]:
     return bundle, st, pt
 
 
+def _torch_version() -> str:
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnetv2_152x2_bit", help="timm model whose random init is the target (~0.95 GB)")
@@ -99,6 +104,7 @@ def main() -> None:
             cmd = [*lgt, "transplant", str(bundle), str(target), "-o", str(out_lgt), "--force"]
             lgt_t, lgt_rss = median_of(cmd, args.repeat, out_lgt)
             rows.append((fmt, size, base_t, base_rss, lgt_t, lgt_rss))
+        _, torch_rss = median_of([py, "-c", "import torch, safetensors.torch"], args.repeat)
         inspect_t, _ = median_of([*lgt, "inspect", str(bundle)], max(5, args.repeat))
         bare_t, _ = median_of([py, "-c", "pass"], max(5, args.repeat))
     finally:
@@ -106,10 +112,11 @@ def main() -> None:
 
     print(f"\ntarget: timm {args.model} random init; median of {args.repeat} runs; python {sys.version.split()[0]}")
     print(f"{'format':<12} {'size':>8} {'load+save':>10} {'lgt':>8} {'time ratio':>10} {'lgt peak RSS':>13} {'RSS/size':>9}"
-          f" {'baseline RSS/size':>18}")
+          f" {'baseline RSS/size':>18} {'(lgt RSS - import torch)/size':>30}")
     for fmt, size, base_t, base_rss, lgt_t, lgt_rss in rows:
         print(f"{fmt:<12} {size / 1e9:>6.2f}GB {base_t:>9.2f}s {lgt_t:>7.2f}s {lgt_t / base_t:>10.2f} "
-              f"{lgt_rss / 1e9:>11.2f}GB {lgt_rss / size:>9.2f} {base_rss / size:>18.2f}")
+              f"{lgt_rss / 1e9:>11.2f}GB {lgt_rss / size:>9.2f} {base_rss / size:>18.2f} {(lgt_rss - torch_rss) / size:>30.2f}")
+    print(f"peak RSS of `import torch, safetensors.torch` alone: {torch_rss / 1e9:.2f} GB (torch {_torch_version()})")
     print(f"lgt inspect BUNDLE: {inspect_t:.3f} s wall (bare `python -c pass`: {bare_t:.3f} s)")
     print("goals: time ratio <= 1.3, RSS/size <= 1.5, inspect <= 0.3 s")
 

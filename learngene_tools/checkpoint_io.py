@@ -246,7 +246,7 @@ def atomic_path(out: Path) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+            os.fdatasync(f.fileno()) if hasattr(os, "fdatasync") else os.fsync(f.fileno())
         os.replace(tmp, out)
     finally:
         with contextlib.suppress(FileNotFoundError):
