@@ -29,6 +29,38 @@ app = typer.Typer(
 out = render.console()
 err = render.console(stderr=True)
 
+# options shared by several commands (mostly `lgt distill` and `lgt extract`)
+_O_DATA = typer.Option(None, help="Folder of training images (recursive; labels unused).")
+_O_SYNTHETIC = typer.Option(False, "--synthetic", help="Use procedural images instead of --data.")
+_O_AUX = typer.Option("lgt_aux_base", help="Auxiliary model variant: lgt_aux_tiny, lgt_aux_small, lgt_aux_base.")
+_O_WIDTHS = typer.Option(None, help="Override the variant's stage widths, e.g. 64,128,256.")
+_O_DEPTHS = typer.Option(None, help="Override the variant's stage depths, e.g. 3,4,4.")
+_O_IMG_SIZE = typer.Option(224, help="Training image size (a multiple of 16).")
+_O_BATCH_SIZE = typer.Option(128, help="Global batch size over all processes.")
+_O_STEPS = typer.Option(10_000, help="Optimiser steps.")
+_O_LR = typer.Option(1e-3, help="Peak AdamW learning rate.")
+_O_WEIGHT_DECAY = typer.Option(0.05, help="AdamW weight decay (conv and projection weights only).")
+_O_WARMUP_STEPS = typer.Option(500, help="Linear warm-up steps before the cosine decay.")
+_O_GRAD_CLIP = typer.Option(1.0, help="Gradient-norm clip (0: off).")
+_O_PRECISION = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16 or fp32.")
+_O_CHANNELS_LAST = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory on GPU.")
+_O_COMPILE = typer.Option(False, "--compile", help="torch.compile the student and loss.")
+_O_MERGE_TEACHER = typer.Option(True, "--merge-teacher/--no-merge-teacher", help="Run RepLKNet in its merged (re-parameterised) form.")
+_O_LOSS = typer.Option("smoothl1", help="smoothl1 (reference, beta 2), l2, or paper (Eq. 2 literally).")
+_O_ALPHAS = typer.Option("1,1,1", help="Stage weights alpha_1..3; 0,0,1 = last stage only, 1,0,1 = first + last.")
+_O_BETA = typer.Option(2.0, help="SmoothL1 beta.")
+_O_MEAN = typer.Option(None, help="Input normalisation mean, e.g. 0.5,0.5,0.5 (default: the teacher's, else ImageNet's).")
+_O_STD = typer.Option(None, help="Input normalisation std (default: the teacher's, else ImageNet's).")
+_O_TAPS = typer.Option(None, help="Teacher module names giving the stride 4,8,16 maps (default: found automatically).")
+_O_SEED = typer.Option(0, help="Seed of the student's init and the data order.")
+_O_WORK_DIR = typer.Option(Path("lgt-distill"), help="Folder for checkpoints, metrics.jsonl and aux.safetensors.")
+_O_RESUME = typer.Option(False, "--resume", help="Continue the run saved in --work-dir.")
+_O_CKPT_EVERY = typer.Option(500, help="Steps between checkpoints.")
+_O_LOG_EVERY = typer.Option(20, help="Steps between metrics lines.")
+_O_WORKERS = typer.Option(4, help="Data-loading worker processes per GPU.")
+_O_TRUST_PICKLE = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only).")
+_O_DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).")
+
 
 def _fail(message: str, code: int) -> None:
     render.print_error(err, message)
@@ -105,7 +137,7 @@ def select(
     stages: str = typer.Option("1,3", help="Auxiliary stages that give a run (edge kernels: first and last)."),
     run_length: Optional[int] = typer.Option(None, help="Layers per run (default: the whole stage)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
+    trust_pickle: bool = _O_TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the bundle description as JSON."),
 ) -> None:
     """Select a learngene from an auxiliary model and write it as a bundle."""
@@ -139,7 +171,7 @@ def transplant(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
+    trust_pickle: bool = _O_TRUST_PICKLE,
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="TOML transplant recipe (see recipes/); options given here win over it."),
 ) -> None:
     """Initialise a target checkpoint's convs from a learngene bundle."""
@@ -173,7 +205,7 @@ def inspect(
     arch: Optional[str] = typer.Option(None, help="Model of a checkpoint, for exact strides."),
     verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Re-hash a bundle's tensor bytes (default: yes for a local file; a Hub bundle is read from its header alone, --verify downloads it)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
+    trust_pickle: bool = _O_TRUST_PICKLE,
 ) -> None:
     """Describe a bundle (from its header) or a checkpoint's conv layers."""
     from .describe import is_bundle_file
@@ -392,41 +424,40 @@ def distill(
     ancestry: Optional[Path] = _ANCESTRY,
     arch: Optional[str] = _ARCH,
     recipe: Optional[Path] = _RECIPE,
-    data: Optional[Path] = typer.Option(None, help="Folder of training images (recursive; labels unused)."),
-    synthetic: bool = typer.Option(False, "--synthetic", help="Use procedural images instead of --data."),
-    aux: str = typer.Option("lgt_aux_base", help="Auxiliary model variant: lgt_aux_tiny, lgt_aux_small, lgt_aux_base."),
-    widths: Optional[str] = typer.Option(None, help="Override the variant's stage widths, e.g. 64,128,256."),
-    depths: Optional[str] = typer.Option(None, help="Override the variant's stage depths, e.g. 3,4,4."),
-    img_size: int = typer.Option(224, help="Training image size (a multiple of 16)."),
-    batch_size: int = typer.Option(128, help="Global batch size over all processes."),
-    steps: int = typer.Option(10_000, help="Optimiser steps."),
-    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate."),
-    weight_decay: float = typer.Option(0.05, help="AdamW weight decay (conv and projection weights only)."),
-    warmup_steps: int = typer.Option(500, help="Linear warm-up steps before the cosine decay."),
-    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip (0: off)."),
-    precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."),
-    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory on GPU."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the student and loss."),
-    merge_teacher: bool = typer.Option(True, "--merge-teacher/--no-merge-teacher", help="Run RepLKNet in its merged (re-parameterised) form."),
-    loss: str = typer.Option("smoothl1", help="smoothl1 (reference, beta 2), l2, or paper (Eq. 2 literally)."),
-    alphas: str = typer.Option("1,1,1", help="Stage weights alpha_1..3; 0,0,1 = last stage only, 1,0,1 = first + last."),
-    beta: float = typer.Option(2.0, help="SmoothL1 beta."),
-    mean: Optional[str] = typer.Option(None, help="Input normalisation mean, e.g. 0.5,0.5,0.5 (default: the teacher's, else ImageNet's)."),
-    std: Optional[str] = typer.Option(None, help="Input normalisation std (default: the teacher's, else ImageNet's)."),
-    taps: Optional[str] = typer.Option(None, help="Teacher module names giving the stride 4,8,16 maps (default: found automatically)."),
-    seed: int = typer.Option(0, help="Seed of the student's init and the data order."),
-    work_dir: Path = typer.Option(Path("lgt-distill"), help="Folder for checkpoints, metrics.jsonl and aux.safetensors."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --work-dir."),
+    data: Optional[Path] = _O_DATA,
+    synthetic: bool = _O_SYNTHETIC,
+    aux: str = _O_AUX,
+    widths: Optional[str] = _O_WIDTHS,
+    depths: Optional[str] = _O_DEPTHS,
+    img_size: int = _O_IMG_SIZE,
+    batch_size: int = _O_BATCH_SIZE,
+    steps: int = _O_STEPS,
+    lr: float = _O_LR,
+    weight_decay: float = _O_WEIGHT_DECAY,
+    warmup_steps: int = _O_WARMUP_STEPS,
+    grad_clip: float = _O_GRAD_CLIP,
+    precision: str = _O_PRECISION,
+    channels_last: bool = _O_CHANNELS_LAST,
+    compile_: bool = _O_COMPILE,
+    merge_teacher: bool = _O_MERGE_TEACHER,
+    loss: str = _O_LOSS,
+    alphas: str = _O_ALPHAS,
+    beta: float = _O_BETA,
+    mean: Optional[str] = _O_MEAN,
+    std: Optional[str] = _O_STD,
+    taps: Optional[str] = _O_TAPS,
+    seed: int = _O_SEED,
+    work_dir: Path = _O_WORK_DIR,
+    resume: bool = _O_RESUME,
     force: bool = typer.Option(False, "--force", help="Start over even if --work-dir holds a run."),
-    ckpt_every: int = typer.Option(500, help="Steps between checkpoints."),
-    log_every: int = typer.Option(20, help="Steps between metrics lines."),
-    workers: int = typer.Option(4, help="Data-loading worker processes per GPU."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    ckpt_every: int = _O_CKPT_EVERY,
+    log_every: int = _O_LOG_EVERY,
+    workers: int = _O_WORKERS,
+    trust_pickle: bool = _O_TRUST_PICKLE,
+    device: Optional[str] = _O_DEVICE,
 ) -> None:
     """Distil an auxiliary model from an ancestry (CLKG stage 1); writes WORK_DIR/aux.safetensors."""
     args = _with_recipe(ctx, {k: v for k, v in locals().items() if k != "ctx"}, "extract")
-    args.pop("stages", None), args.pop("run_length", None), args.pop("output", None)
     settings, opts = _distill_inputs(**args)
     from .distill import distill as run_distill
 
@@ -444,37 +475,37 @@ def extract(
     output: Path = typer.Option(Path("learngene.safetensors"), "-o", "--output", help="Bundle to write."),
     stages: str = typer.Option("1,3", help="Auxiliary stages that give a run (edge kernels: first and last)."),
     run_length: Optional[int] = typer.Option(None, help="Layers per run (default: the whole stage)."),
-    data: Optional[Path] = typer.Option(None, help="Folder of training images (recursive; labels unused)."),
-    synthetic: bool = typer.Option(False, "--synthetic", help="Use procedural images instead of --data."),
-    aux: str = typer.Option("lgt_aux_base", help="Auxiliary model variant: lgt_aux_tiny, lgt_aux_small, lgt_aux_base."),
-    widths: Optional[str] = typer.Option(None, help="Override the variant's stage widths, e.g. 64,128,256."),
-    depths: Optional[str] = typer.Option(None, help="Override the variant's stage depths, e.g. 3,4,4."),
-    img_size: int = typer.Option(224, help="Training image size (a multiple of 16)."),
-    batch_size: int = typer.Option(128, help="Global batch size over all processes."),
-    steps: int = typer.Option(10_000, help="Optimiser steps."),
-    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate."),
-    weight_decay: float = typer.Option(0.05, help="AdamW weight decay (conv and projection weights only)."),
-    warmup_steps: int = typer.Option(500, help="Linear warm-up steps before the cosine decay."),
-    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip (0: off)."),
-    precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."),
-    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory on GPU."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the student and loss."),
-    merge_teacher: bool = typer.Option(True, "--merge-teacher/--no-merge-teacher", help="Run RepLKNet in its merged (re-parameterised) form."),
-    loss: str = typer.Option("smoothl1", help="smoothl1 (reference, beta 2), l2, or paper (Eq. 2 literally)."),
-    alphas: str = typer.Option("1,1,1", help="Stage weights alpha_1..3; 0,0,1 = last stage only, 1,0,1 = first + last."),
-    beta: float = typer.Option(2.0, help="SmoothL1 beta."),
-    mean: Optional[str] = typer.Option(None, help="Input normalisation mean, e.g. 0.5,0.5,0.5 (default: the teacher's, else ImageNet's)."),
-    std: Optional[str] = typer.Option(None, help="Input normalisation std (default: the teacher's, else ImageNet's)."),
-    taps: Optional[str] = typer.Option(None, help="Teacher module names giving the stride 4,8,16 maps (default: found automatically)."),
-    seed: int = typer.Option(0, help="Seed of the student's init and the data order."),
-    work_dir: Path = typer.Option(Path("lgt-distill"), help="Folder for checkpoints, metrics.jsonl and aux.safetensors."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --work-dir."),
+    data: Optional[Path] = _O_DATA,
+    synthetic: bool = _O_SYNTHETIC,
+    aux: str = _O_AUX,
+    widths: Optional[str] = _O_WIDTHS,
+    depths: Optional[str] = _O_DEPTHS,
+    img_size: int = _O_IMG_SIZE,
+    batch_size: int = _O_BATCH_SIZE,
+    steps: int = _O_STEPS,
+    lr: float = _O_LR,
+    weight_decay: float = _O_WEIGHT_DECAY,
+    warmup_steps: int = _O_WARMUP_STEPS,
+    grad_clip: float = _O_GRAD_CLIP,
+    precision: str = _O_PRECISION,
+    channels_last: bool = _O_CHANNELS_LAST,
+    compile_: bool = _O_COMPILE,
+    merge_teacher: bool = _O_MERGE_TEACHER,
+    loss: str = _O_LOSS,
+    alphas: str = _O_ALPHAS,
+    beta: float = _O_BETA,
+    mean: Optional[str] = _O_MEAN,
+    std: Optional[str] = _O_STD,
+    taps: Optional[str] = _O_TAPS,
+    seed: int = _O_SEED,
+    work_dir: Path = _O_WORK_DIR,
+    resume: bool = _O_RESUME,
     force: bool = typer.Option(False, "--force", help="Start over / overwrite the bundle."),
-    ckpt_every: int = typer.Option(500, help="Steps between checkpoints."),
-    log_every: int = typer.Option(20, help="Steps between metrics lines."),
-    workers: int = typer.Option(4, help="Data-loading worker processes per GPU."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow arbitrary pickled objects (trusted files only)."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    ckpt_every: int = _O_CKPT_EVERY,
+    log_every: int = _O_LOG_EVERY,
+    workers: int = _O_WORKERS,
+    trust_pickle: bool = _O_TRUST_PICKLE,
+    device: Optional[str] = _O_DEVICE,
 ) -> None:
     """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
     args = _with_recipe(ctx, {k: v for k, v in locals().items() if k != "ctx"}, "extract")
