@@ -256,6 +256,9 @@ def test_torchrun_gloo_two_processes_equal_one(tmp_path: Path, teacher_file: Pat
     one = _run_cli_distill(tmp_path / "one", teacher_file, 1)
     assert one.returncode == 0, one.stderr
     two = _run_cli_distill(tmp_path / "two", teacher_file, 2)
+    if two.returncode != 0:  # one retry: a loaded CI machine can miss torchrun's rendezvous; a second failure is real
+        shutil.rmtree(tmp_path / "two", ignore_errors=True)
+        two = _run_cli_distill(tmp_path / "two", teacher_file, 2)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("distilled 6 steps") == 1 and "on 2 cpu process(es)" in two.stdout
     a, b = load_file(str(tmp_path / "one" / AUX_FILE)), load_file(str(tmp_path / "two" / AUX_FILE))
