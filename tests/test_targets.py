@@ -108,7 +108,8 @@ class Cases:
     """Each target transplanted (and its model built) once per module."""
 
     def __init__(self, bundle: Path, tmp: pytest.TempPathFactory) -> None:
-        self.bundle, self.tmp, self.built = bundle, tmp, {}
+        self.bundle, self.tmp = bundle, tmp
+        self.built: dict[str, Case] = {}
 
     def get(self, spec: str) -> Case:
         if spec not in self.built:
