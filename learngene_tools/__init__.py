@@ -17,13 +17,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AuxConfig": "auxiliary", "AuxNet": "auxiliary", "create_aux": "auxiliary", "save_aux": "auxiliary",
-    "Bundle": "bundle", "LayerRecord": "bundle", "read_bundle": "bundle", "write_bundle": "bundle",
-    "Checkpoint": "checkpoint_io", "load_checkpoint": "checkpoint_io", "save_checkpoint": "checkpoint_io",
+    "AuxConfig": "extraction.auxiliary", "AuxNet": "extraction.auxiliary", "create_aux": "extraction.auxiliary",
+    "save_aux": "extraction.auxiliary",
+    "Bundle": "extraction.bundle", "LayerRecord": "extraction.bundle", "read_bundle": "extraction.bundle",
+    "write_bundle": "extraction.bundle",
+    "Checkpoint": "io.checkpoint", "load_checkpoint": "io.checkpoint", "save_checkpoint": "io.checkpoint",
     "LgtError": "errors",
-    "SelectionSettings": "selection", "select_learngene": "selection",
-    "TransplantPlan": "plan", "plan_transplant": "plan",
-    "transplant": "transplant", "apply_plan": "transplant",
+    "SelectionSettings": "extraction.selection", "select_learngene": "extraction.selection",
+    "TransplantPlan": "transplantation.planner", "plan_transplant": "transplantation.planner",
+    "transplant": "transplantation.apply", "apply_plan": "transplantation.apply",
 }
 __all__ = ["__version__", *_LAZY]
 
@@ -56,7 +58,7 @@ class _RegisterWithTimm(importlib.abc.MetaPathFinder):
 
 def _register_models() -> None:
     """Import the modules that register models with timm: the auxiliary models and the RepLKNet ancestry."""
-    for mod in ("auxiliary", "replknet"):
+    for mod in ("extraction.auxiliary", "distillation.replknet"):
         importlib.import_module(f"{__name__}.{mod}")
 
 

@@ -20,8 +20,8 @@ def _fast_inspect(argv: list[str]) -> int | None:
     pos = [a for a in argv[1:] if not a.startswith("-")]
     opts = [a for a in argv[1:] if a.startswith("-")]
     if len(pos) == 1 and pos[0].startswith("lgt:"):
-        from .builtin import builtin_path
-        from .errors import LgtError
+        from learngene_tools.refs import builtin_path
+        from learngene_tools.errors import LgtError
 
         try:
             pos = [str(builtin_path(pos[0]))]
@@ -29,9 +29,9 @@ def _fast_inspect(argv: list[str]) -> int | None:
             return None  # the full CLI reports it
     if len(pos) != 1 or any(o not in _FAST_INSPECT_FLAGS for o in opts) or not os.path.isfile(pos[0]):
         return None
-    from . import render
-    from .describe import is_bundle_file
-    from .errors import LgtError
+    from learngene_tools.cli import render
+    from learngene_tools.describe import is_bundle_file
+    from learngene_tools.errors import LgtError
 
     try:
         if not is_bundle_file(pos[0]):
@@ -53,7 +53,7 @@ def main() -> None:
     code = _fast_inspect(sys.argv[1:])
     if code is not None:
         sys.exit(code)
-    from .cli import main as cli_main
+    from learngene_tools.cli.app import main as cli_main
 
     cli_main()
 

@@ -12,7 +12,7 @@ import os
 
 from torch import nn
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 
 def _need(package: str, pip_name: str) -> None:

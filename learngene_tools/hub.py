@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Iterator, NoReturn
 from urllib.parse import unquote, urlsplit
 
-from . import __version__
-from .bundle import SCHEMA_KEY, Bundle, _bundle_from_header, read_bundle_header
-from .errors import LgtError
-from .safetensors_header import SafetensorsHeader, header_length, parse_header, read_header
+from learngene_tools import __version__
+from learngene_tools.extraction.bundle import SCHEMA_KEY, Bundle, _bundle_from_header, read_bundle_header
+from learngene_tools.errors import LgtError
+from learngene_tools.io.header import SafetensorsHeader, header_length, parse_header, read_header
 
 HF_SCHEME = "hf://"
 DEFAULT_FILENAME = "learngene.safetensors"
@@ -405,7 +405,7 @@ def _relabel(err: LgtError, path: Path, ref: HfRef) -> LgtError:
 
 def resolve_file(ref: str | os.PathLike[str], *, expect_bundle: bool = False, progress: bool | None = None) -> Path:
     """A local path as is, a shipped `lgt:NAME` bundle, or an `hf://` reference downloaded into the HF cache."""
-    from .builtin import builtin_path, is_builtin_ref
+    from learngene_tools.refs import builtin_path, is_builtin_ref
 
     if is_builtin_ref(ref):
         return builtin_path(str(ref))
@@ -504,7 +504,7 @@ def describe_hub_file(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """`lgt inspect hf://…`: a bundle from its remote header (verify=True downloads and re-hashes), else a checkpoint."""
-    from .describe import bundle_summary, describe_bundle, describe_checkpoint
+    from learngene_tools.describe import bundle_summary, describe_bundle, describe_checkpoint
 
     hf_ref = parse_hf_ref(ref)
     label = str(hf_ref)
@@ -513,7 +513,7 @@ def describe_hub_file(
         if SCHEMA_KEY in header.metadata:
             return bundle_summary(_bundle_from_header(header), verified=False)
     path = resolve_file(label, progress=progress)
-    from .describe import is_bundle_file
+    from learngene_tools.describe import is_bundle_file
 
     if is_bundle_file(path):
         try:
@@ -658,7 +658,7 @@ def model_card(
         "",
         "```python",
         "from learngene_tools.hub import resolve_file",
-        "from learngene_tools.transplant import transplant",
+        "from learngene_tools.transplantation.apply import transplant",
         "",
         f'bundle = resolve_file("{ref}")',
         'plan = transplant(bundle, "resnet50.pth", "resnet50_lg.pth", arch="torchvision:resnet50")',

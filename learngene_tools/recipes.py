@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 if sys.version_info >= (3, 11):
     import tomllib

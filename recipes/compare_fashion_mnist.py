@@ -82,10 +82,10 @@ def write_image_folder(images: torch.Tensor, folder: Path) -> None:
 def extract_learngene(name: str, ancestry: Path, work: Path, data: Path | None, steps: int, batch: int,
                       reuse: bool = False) -> Path:
     """Distil lgt_aux_small from the MobileNetV2 ancestry and select its learngene (lgt extract)."""
-    from learngene_tools.auxiliary import VARIANTS
-    from learngene_tools.distill import DistillSettings, RunOptions
-    from learngene_tools.extract import extract
-    from learngene_tools.selection import SelectionSettings
+    from learngene_tools.extraction.auxiliary import VARIANTS
+    from learngene_tools.distillation.loop import DistillSettings, RunOptions
+    from learngene_tools.pipeline import extract
+    from learngene_tools.extraction.selection import SelectionSettings
 
     out = work / f"learngene_{name}.safetensors"
     if reuse and out.is_file():
@@ -114,8 +114,8 @@ def build(arch: str, seed: int, bundle: Path | None, work: Path, transfer_bn: bo
     """The descendant with random init for `seed`, then (CLKG) the learngene transplanted into it."""
     from safetensors.torch import load_file, save_file
 
-    from learngene_tools.arch import build_model
-    from learngene_tools.transplant import transplant
+    from learngene_tools.specs import build_model
+    from learngene_tools.transplantation.apply import transplant
 
     model = build_model(ARCHS[arch], seed=seed)
     if bundle is None:
@@ -230,7 +230,7 @@ def summarise(runs: list[dict], epochs: int, out_dir: Path, config: dict) -> Non
 def run_ablation(args: argparse.Namespace, bundles: dict[str, Path], xtr: torch.Tensor, ytr: torch.Tensor,
                  xte: torch.Tensor, yte: torch.Tensor, t_start: float) -> None:
     """Scratch vs the Fashion-MNIST learngene whole, without its BN, and with only stage 1 or only stage 3."""
-    from learngene_tools.selection import SelectionSettings, select_from_file
+    from learngene_tools.extraction.selection import SelectionSettings, select_from_file
 
     aux = args.work / "distill_fmnist" / "aux.safetensors"
     variants: dict[str, tuple[Path | None, bool]] = {"scratch": (None, True), "clkg": (bundles["clkg-fmnist"], True),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from learngene_tools.auxiliary import VARIANTS, AuxConfig, create_aux, save_aux
-from learngene_tools.selection import SelectionSettings, select_from_file
+from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig, create_aux, save_aux
+from learngene_tools.extraction.selection import SelectionSettings, select_from_file
 
 
 def make_aux(config: AuxConfig, seed: int = 0) -> torch.nn.Module:

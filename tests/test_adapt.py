@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learngene_tools.adapt import (
+from learngene_tools.transplantation.adapt import (
     adapt_in_channels,
     adapt_vector,
     adapt_weight,

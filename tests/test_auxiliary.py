@@ -3,8 +3,8 @@ import timm
 import torch
 
 import learngene_tools  # noqa: F401  (registers the lgt_aux_* models with timm)
-from learngene_tools.auxiliary import AuxConfig, config_from_state_dict, create_aux, save_aux
-from learngene_tools.checkpoint_io import load_checkpoint
+from learngene_tools.extraction.auxiliary import AuxConfig, config_from_state_dict, create_aux, save_aux
+from learngene_tools.io.checkpoint import load_checkpoint
 from learngene_tools.errors import LgtError
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from learngene_tools.bundle import LAYERS_KEY, PROVENANCE_KEY, SCHEMA_KEY, read_bundle, read_bundle_header
+from learngene_tools.extraction.bundle import LAYERS_KEY, PROVENANCE_KEY, SCHEMA_KEY, read_bundle, read_bundle_header
 from learngene_tools.errors import LgtError
-from learngene_tools.safetensors_header import read_header
+from learngene_tools.io.header import read_header
 
 
 def _rewrite_metadata(src, dst, **changes):
@@ -55,7 +55,7 @@ def test_header_read_needs_no_torch(bundle_tiny):
 
 
 def test_bundle_bytes_are_deterministic(aux_tiny_file, tmp_path):
-    from learngene_tools.selection import SelectionSettings, select_from_file
+    from learngene_tools.extraction.selection import SelectionSettings, select_from_file
 
     select_from_file(aux_tiny_file, tmp_path / "a.safetensors", SelectionSettings())
     select_from_file(aux_tiny_file, tmp_path / "b.safetensors", SelectionSettings())

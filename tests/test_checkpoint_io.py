@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from learngene_tools.checkpoint_io import common_prefix, find_state_dict, load_checkpoint, save_checkpoint
+from learngene_tools.io.checkpoint import common_prefix, find_state_dict, load_checkpoint, save_checkpoint
 from learngene_tools.errors import LgtError
-from learngene_tools.safetensors_header import read_header
-from learngene_tools.transplant import transplant
+from learngene_tools.io.header import read_header
+from learngene_tools.transplantation.apply import transplant
 
 from tinymodels import tiny_vgg
 

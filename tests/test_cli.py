@@ -34,13 +34,13 @@ import learngene_tools
 import pickled_helpers
 import tinymodels
 from conftest import run_lgt
-from learngene_tools.safetensors_header import read_header
+from learngene_tools.io.header import read_header
 
 TESTS = Path(__file__).parent
 WITH_TESTS = {"PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)}
 WORKERS = max(2, min(6, 2 * (os.cpu_count() or 1)))
 # `lgt inspect BUNDLE` without the fast path in __main__.py: the typer app itself.
-TYPER_LGT = [sys.executable, "-c", "import sys; from learngene_tools.cli import app; sys.argv[0] = 'lgt'; app()"]
+TYPER_LGT = [sys.executable, "-c", "import sys; from learngene_tools.cli.app import app; sys.argv[0] = 'lgt'; app()"]
 
 
 def _run_many(calls: dict[str, tuple[list[str], Path, dict[str, str]]]) -> dict[str, subprocess.CompletedProcess]:

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learngene_tools.arch import build_model
-from learngene_tools.transplant import transplant
+from learngene_tools.specs import build_model
+from learngene_tools.transplantation.apply import transplant
 
 os.environ.setdefault("YOLO_VERBOSE", "False")
 

@@ -14,15 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learngene_tools.auxiliary import VARIANTS, create_aux
-from learngene_tools.bundle import read_bundle
-from learngene_tools.data import ImageFolder, StepSampler, SyntheticImages
-from learngene_tools.distill import AUX_FILE, METRICS_FILE, STATE_FILE, DistillSettings, RunOptions, Student, distill, lr_at
-from learngene_tools.distill_loss import DistillLoss, LossSettings, whiten
+from learngene_tools.extraction.auxiliary import VARIANTS, create_aux
+from learngene_tools.extraction.bundle import read_bundle
+from learngene_tools.distillation.data import ImageFolder, StepSampler, SyntheticImages
+from learngene_tools.distillation.loop import AUX_FILE, METRICS_FILE, STATE_FILE, DistillSettings, RunOptions, Student, distill, lr_at
+from learngene_tools.distillation.loss import DistillLoss, LossSettings, whiten
 from learngene_tools.errors import LgtError
-from learngene_tools.extract import extract
-from learngene_tools.selection import SelectionSettings
-from learngene_tools.teacher import build_teacher, trace_taps
+from learngene_tools.pipeline import extract
+from learngene_tools.extraction.selection import SelectionSettings
+from learngene_tools.distillation.teacher import build_teacher, trace_taps
 
 TESTS = Path(__file__).parent
 TEACHER = "tinymodels:tiny_vgg"
@@ -247,7 +247,7 @@ def _run_cli_distill(work: Path, teacher: Path, nproc: int) -> subprocess.Comple
         cmd = [sys.executable, "-m", "learngene_tools", *common]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "learngene_tools.cli", *common]
+               "-m", "learngene_tools.cli.app", *common]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 

@@ -17,7 +17,7 @@ import yaml
 from conftest import run_lgt
 from fakehub import FakeHub
 from learngene_tools import hub
-from learngene_tools.bundle import Bundle, read_bundle_header
+from learngene_tools.extraction.bundle import Bundle, read_bundle_header
 from learngene_tools.describe import describe_bundle
 from learngene_tools.errors import LgtError
 

@@ -20,7 +20,7 @@ import torch
 
 import learngene_tools  # noqa: F401  (registers the replknet_* models with timm)
 from learngene_tools.errors import LgtError
-from learngene_tools.replknet import (
+from learngene_tools.distillation.replknet import (
     VARIANTS, RepLKNet, load_ancestry_checkpoint, merge_kernels, merge_state_dict,
 )
 
@@ -253,7 +253,7 @@ def test_features_only_31b_at_224_real_forward():
 
 
 def test_teacher_taps_from_feature_info():
-    from learngene_tools.teacher import taps_from_feature_info
+    from learngene_tools.distillation.teacher import taps_from_feature_info
 
     with torch.device("meta"):
         m = timm.create_model("replknet_31b", merged=True)
@@ -261,7 +261,7 @@ def test_teacher_taps_from_feature_info():
 
 
 def test_teacher_builds_merged_from_a_training_checkpoint(tmp_path):
-    from learngene_tools.teacher import build_teacher
+    from learngene_tools.distillation.teacher import build_teacher
 
     train = tiny(seed=8)
     path = released_file(tmp_path / "ancestry.pth", train.state_dict())

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from learngene_tools.auxiliary import VARIANTS, AuxConfig
-from learngene_tools.bundle import read_bundle
+from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig
+from learngene_tools.extraction.bundle import read_bundle
 from learngene_tools.errors import LgtError
-from learngene_tools.selection import SelectionSettings, select_from_file, select_learngene
+from learngene_tools.extraction.selection import SelectionSettings, select_from_file, select_learngene
 
 from conftest import make_aux
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .adapt import keep_by_norm
-from .bundle import BN_PARTS, Bundle, LayerRecord
-from .convs import TargetConv
-from .errors import LgtError
+from learngene_tools.transplantation.adapt import keep_by_norm
+from learngene_tools.extraction.bundle import BN_PARTS, Bundle, LayerRecord
+from learngene_tools.transplantation.convs import TargetConv
+from learngene_tools.errors import LgtError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -34,7 +34,7 @@ def build_model(spec: str, seed: int = 0, **kwargs: Any) -> nn.Module:
         if prefix == "timm":
             import timm
 
-            import learngene_tools.auxiliary  # noqa: F401  (registers lgt_aux_* with timm)
+            import learngene_tools.extraction.auxiliary  # noqa: F401  (registers lgt_aux_* with timm)
 
             if not timm.is_model(name):
                 raise LgtError(f"unknown timm model {name!r}; `python -c \"import timm; print(timm.list_models('*{name[:4]}*'))\"` lists near names")

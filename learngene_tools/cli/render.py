@@ -133,7 +133,7 @@ def print_error(err: Console, message: str) -> None:
 
 def inspect_bundle(out: Console, path: str, verify: bool, as_json: bool) -> None:
     """`lgt inspect BUNDLE`: header-only description (and hash check), as a table or JSON."""
-    from .describe import describe_bundle
+    from learngene_tools.describe import describe_bundle
 
     summary = describe_bundle(path, verify=verify)
     if as_json:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 # Bytes per element of every safetensors dtype we know; unknown dtypes are accepted
 # (newer safetensors may add some) but their sizes cannot be checked.

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 HEAD_NAMES = frozenset({
     "head", "heads", "fc", "classifier", "aux_classifier", "pre_logits", "decoder", "segmentation_head",

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .auxiliary import AUX_CONFIG_KEY, AuxConfig, config_from_state_dict
-from .bundle import BN_PARTS, LayerRecord, write_bundle
-from .checkpoint_io import load_checkpoint
-from .errors import LgtError
-from .safetensors_header import file_sha256
+from learngene_tools import __version__
+from learngene_tools.extraction.auxiliary import AUX_CONFIG_KEY, AuxConfig, config_from_state_dict
+from learngene_tools.extraction.bundle import BN_PARTS, LayerRecord, write_bundle
+from learngene_tools.io.checkpoint import load_checkpoint
+from learngene_tools.errors import LgtError
+from learngene_tools.io.header import file_sha256
 
 ANCESTRY_KEY = "lgt.ancestry"
 DISTILLATION_KEY = "lgt.distillation"

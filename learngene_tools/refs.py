@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 PREFIX = "lgt:"
 BUNDLE_DIR = Path(__file__).parent / "bundles"

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 BN_EPS = 1e-5  # nn.BatchNorm2d's default, which the released models were trained with
 ORIGIN_URL = "https://github.com/DingXiaoH/RepLKNet-pytorch"
@@ -478,7 +478,7 @@ def load_ancestry_checkpoint(model: nn.Module, path: str | Path, ema: bool = Fal
     Returns a description: source, wrapper, checkpoint form, whether it was merged on load,
     and the epoch when the file records one.
     """
-    from .checkpoint_io import find_state_dict, load_checkpoint
+    from learngene_tools.io.checkpoint import find_state_dict, load_checkpoint
 
     if not isinstance(model, RepLKNet):
         raise LgtError(f"{path}: load_ancestry_checkpoint needs a RepLKNet model (timm.create_model('replknet_31b')), "
@@ -492,7 +492,7 @@ def load_ancestry_checkpoint(model: nn.Module, path: str | Path, ema: bool = Fal
         if found is None:
             raise LgtError(f"{path}: has no `model_ema` weights (top level: {', '.join(map(str, list(container)[:8]))}); "
                            "drop the EMA option")
-        from .checkpoint_io import common_prefix
+        from learngene_tools.io.checkpoint import common_prefix
 
         raw, inner = found
         tensor_keys = [k for k, v in raw.items() if isinstance(v, torch.Tensor)]

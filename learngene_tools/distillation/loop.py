@@ -22,13 +22,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import __version__
-from .auxiliary import VARIANTS, AuxConfig, AuxNet, create_aux, save_aux
-from .data import ImageFolder, StepSampler, SyntheticImages, collate_skipping
-from .distill_loss import DistillLoss, LossSettings
-from .errors import LgtError
-from .selection import ANCESTRY_KEY, DISTILLATION_KEY
-from .teacher import build_teacher
+from learngene_tools import __version__
+from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig, AuxNet, create_aux, save_aux
+from learngene_tools.distillation.data import ImageFolder, StepSampler, SyntheticImages, collate_skipping
+from learngene_tools.distillation.loss import DistillLoss, LossSettings
+from learngene_tools.errors import LgtError
+from learngene_tools.extraction.selection import ANCESTRY_KEY, DISTILLATION_KEY
+from learngene_tools.distillation.teacher import build_teacher
 
 STATE_FILE = "distill-state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -193,7 +193,7 @@ def _barrier(d: _Dist) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from .checkpoint_io import atomic_path
+    from learngene_tools.io.checkpoint import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -201,7 +201,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 def _with_normalisation(s: DistillSettings, model: nn.Module) -> DistillSettings:
     """Fill unset mean/std from the teacher's pretrained_cfg (timm), else ImageNet's."""
-    from .data import IMAGENET_MEAN, IMAGENET_STD
+    from learngene_tools.distillation.data import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = s.mean or tuple(cfg.get("mean", IMAGENET_MEAN))
@@ -415,7 +415,7 @@ def _sum_over_ranks(n: int, d: _Dist, device: torch.device) -> int:
 
 
 def _sha256(path: Path) -> str:
-    from .safetensors_header import file_sha256
+    from learngene_tools.io.header import file_sha256
 
     return file_sha256(path)
 

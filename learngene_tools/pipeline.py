@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .distill import DistillSettings, RunOptions, distill
-from .selection import SelectionSettings, select_from_file
+from learngene_tools.distillation.loop import DistillSettings, RunOptions, distill
+from learngene_tools.extraction.selection import SelectionSettings, select_from_file
 
 
 def extract(settings: DistillSettings, opts: RunOptions, out: Path, selection: SelectionSettings) -> dict[str, Any]:
     """Distil (or resume), then write the learngene bundle to `out` (by the main process only)."""
-    from .checkpoint_io import check_output
-    from .distill import _barrier, _init_distributed
+    from learngene_tools.io.checkpoint import check_output
+    from learngene_tools.distillation.loop import _barrier, _init_distributed
 
     d, _ = _init_distributed(opts.device)
     if d.main:

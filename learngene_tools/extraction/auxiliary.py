@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 AUX_CONFIG_KEY = "lgt.aux_config"
 _CONV_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.conv\.weight$")
@@ -147,7 +147,7 @@ def create_aux(config: AuxConfig, num_classes: int = 0) -> AuxNet:
 
 def save_aux(model: AuxNet, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
     """Save an auxiliary model as safetensors with its config in the metadata (atomically)."""
-    from .checkpoint_io import atomic_path, encode_safetensors
+    from learngene_tools.io.checkpoint import atomic_path, encode_safetensors
 
     meta = {AUX_CONFIG_KEY: model.cfg.to_json(), **(extra_metadata or {})}
     with atomic_path(Path(path)) as tmp:

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 TAP_REDUCTIONS = (4, 8, 16)
 
@@ -106,10 +106,10 @@ def trace_taps(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
 
 def load_teacher_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> None:
     """Load an ancestry checkpoint (any wrapper/prefix the io module knows) strictly into `model`."""
-    from .checkpoint_io import load_checkpoint
+    from learngene_tools.io.checkpoint import load_checkpoint
 
     if _is_replknet(type(model).__name__.lower()):  # released RepLKNet files: training or merged form, `args` pickled
-        from .replknet import load_ancestry_checkpoint
+        from learngene_tools.distillation.replknet import load_ancestry_checkpoint
 
         load_ancestry_checkpoint(model, path, trust_pickle=trust_pickle)
         return
@@ -127,7 +127,7 @@ def load_teacher_weights(model: nn.Module, path: str | Path, trust_pickle: bool 
 def build_teacher(arch: str, checkpoint: str | Path | None, taps: Sequence[str] | None = None,
                   merged: bool = True, trust_pickle: bool = False, img_size: int = 224) -> tuple[Teacher, dict]:
     """The frozen teacher in eval mode, and a description of it for provenance."""
-    from .arch import build_model
+    from learngene_tools.specs import build_model
 
     kwargs = {"merged": True} if merged and _is_replknet(arch) else {}
     model = build_model(arch, seed=0, **kwargs)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 LOSS_KINDS = ("smoothl1", "l2", "paper")
 

@@ -15,8 +15,9 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from . import __version__, render
-from .errors import LgtError
+from learngene_tools import __version__
+from learngene_tools.cli import render
+from learngene_tools.errors import LgtError
 
 app = typer.Typer(
     name="lgt",
@@ -141,9 +142,9 @@ def select(
     as_json: bool = typer.Option(False, "--json", help="Print the bundle description as JSON."),
 ) -> None:
     """Select a learngene from an auxiliary model and write it as a bundle."""
-    from .checkpoint_io import check_output
-    from .describe import describe_bundle
-    from .selection import SelectionSettings, select_from_file
+    from learngene_tools.io.checkpoint import check_output
+    from learngene_tools.describe import describe_bundle
+    from learngene_tools.extraction.selection import SelectionSettings, select_from_file
 
     settings = SelectionSettings(stages=_parse_stages(stages), run_length=run_length)
     check_output(output, [aux], force)
@@ -180,8 +181,8 @@ def transplant(
     target, output, arch, seed, bn, input_size = (args[k] for k in ("target", "output", "arch", "seed", "bn", "input_size"))
     if target is None:
         raise LgtError("give a TARGET (a checkpoint file or a model spec such as timm:resnet50), or a --recipe that names one")
-    from .hub import is_hf_ref, resolve_file
-    from .transplant import default_output, transplant as run_transplant
+    from learngene_tools.hub import is_hf_ref, resolve_file
+    from learngene_tools.transplantation.apply import default_output, transplant as run_transplant
 
     bundle = str(resolve_file(bundle, expect_bundle=True))  # hf:// references: downloaded into the HF cache
     target = str(resolve_file(target)) if is_hf_ref(target) else target
@@ -208,9 +209,9 @@ def inspect(
     trust_pickle: bool = _O_TRUST_PICKLE,
 ) -> None:
     """Describe a bundle (from its header) or a checkpoint's conv layers."""
-    from .describe import is_bundle_file
-    from .builtin import builtin_path, is_builtin_ref
-    from .hub import describe_hub_file, is_hf_ref
+    from learngene_tools.describe import is_bundle_file
+    from learngene_tools.refs import builtin_path, is_builtin_ref
+    from learngene_tools.hub import describe_hub_file, is_hf_ref
 
     if is_builtin_ref(file):
         file = str(builtin_path(file))
@@ -225,7 +226,7 @@ def inspect(
     if path.is_file() and is_bundle_file(path):
         render.inspect_bundle(out, file, verify=verify is not False, as_json=as_json)
         return
-    from .describe import describe_checkpoint
+    from learngene_tools.describe import describe_checkpoint
 
     summary = describe_checkpoint(file, arch=arch, trust_pickle=trust_pickle)
     render.print_json(summary) if as_json else render.show_checkpoint(out, summary)
@@ -240,7 +241,7 @@ def pull(
     as_json: bool = typer.Option(False, "--json", help="Print the path, repo, file and commit as JSON."),
 ) -> None:
     """Download a learngene bundle into the Hugging Face cache and print its local path."""
-    from .hub import commit_of, pull as hub_pull
+    from learngene_tools.hub import commit_of, pull as hub_pull
 
     path = hub_pull(repo, filename=filename, revision=revision)
     if as_json:
@@ -264,7 +265,7 @@ def push(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Upload a bundle with a generated model card (README.md) to a Hub model repo (needs HF_TOKEN)."""
-    from .hub import DEFAULT_FILENAME, push as hub_push
+    from learngene_tools.hub import DEFAULT_FILENAME, push as hub_push
 
     r = hub_push(
         bundle, repo, filename=filename, private=private, revision=revision, create_pr=create_pr, license=license_,
@@ -296,7 +297,7 @@ def demo(
     force: bool = typer.Option(False, "--force", help="Overwrite files from an earlier demo."),
 ) -> None:
     """Run the whole pipeline on built-in models: auxiliary model -> learngene -> ResNet-50, printing each step."""
-    from .demo import run_demo
+    from learngene_tools.demo import run_demo
 
     with _status("building models"):
         result = run_demo(out_dir, target=target, force=force)
@@ -333,9 +334,9 @@ def _distill_inputs(
     ckpt_every: int, log_every: int, workers: int, trust_pickle: bool, device: Optional[str],
 ):
     """Settings and run options from the shared distill/extract options."""
-    from .auxiliary import VARIANTS, AuxConfig
-    from .distill import DistillSettings, RunOptions
-    from .distill_loss import LossSettings
+    from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig
+    from learngene_tools.distillation.loop import DistillSettings, RunOptions
+    from learngene_tools.distillation.loss import LossSettings
 
     if ancestry is None or arch is None:
         raise LgtError("give the ancestry checkpoint and --arch (or a --recipe that names them)")
@@ -372,7 +373,7 @@ def _with_recipe(ctx: typer.Context, args: dict[str, Any], kind: str) -> dict[st
     path = args.get("recipe")
     if path is None:
         return args
-    from .recipes import as_cli_value, load_recipe
+    from learngene_tools.recipes import as_cli_value, load_recipe
 
     loaded = load_recipe(path, kind)
     for key, value in loaded.settings.items():
@@ -459,7 +460,7 @@ def distill(
     """Distil an auxiliary model from an ancestry (CLKG stage 1); writes WORK_DIR/aux.safetensors."""
     args = _with_recipe(ctx, {k: v for k, v in locals().items() if k != "ctx"}, "extract")
     settings, opts = _distill_inputs(**args)
-    from .distill import distill as run_distill
+    from learngene_tools.distillation.loop import distill as run_distill
 
     summary = run_distill(settings, opts)
     _print_distill_summary(summary)
@@ -509,8 +510,8 @@ def extract(
 ) -> None:
     """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
     args = _with_recipe(ctx, {k: v for k, v in locals().items() if k != "ctx"}, "extract")
-    from .extract import extract as run_extract
-    from .selection import SelectionSettings
+    from learngene_tools.pipeline import extract as run_extract
+    from learngene_tools.extraction.selection import SelectionSettings
 
     selection = SelectionSettings(stages=_parse_stages(args.pop("stages")), run_length=args.pop("run_length"))
     output = args.pop("output")
@@ -518,7 +519,7 @@ def extract(
     summary = run_extract(settings, opts, output, selection)
     _print_distill_summary(summary)
     if os.environ.get("RANK", "0") == "0":
-        from .describe import describe_bundle
+        from learngene_tools.describe import describe_bundle
 
         render.show_bundle(out, describe_bundle(output))
         out.print(f"wrote [bold]{output}[/]")

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import LgtError
+from learngene_tools.errors import LgtError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from .adapt import adapt_vector, adapt_weight, layer_generator
-from .arch import build_model, default_input_size, is_model_spec
-from .bundle import BN_PARTS, Bundle, read_bundle, read_bundle_header
-from .checkpoint_io import Checkpoint, check_output, checkpoint_from_state_dict, load_checkpoint, output_format, save_checkpoint
-from .convs import TargetConv, convs_from_state, trace_convs
-from .plan import TransplantPlan, plan_transplant
+from learngene_tools.transplantation.adapt import adapt_vector, adapt_weight, layer_generator
+from learngene_tools.specs import build_model, default_input_size, is_model_spec
+from learngene_tools.extraction.bundle import BN_PARTS, Bundle, read_bundle, read_bundle_header
+from learngene_tools.io.checkpoint import Checkpoint, check_output, checkpoint_from_state_dict, load_checkpoint, output_format, save_checkpoint
+from learngene_tools.transplantation.convs import TargetConv, convs_from_state, trace_convs
+from learngene_tools.transplantation.planner import TransplantPlan, plan_transplant
 
 TRANSPLANT_KEY = "learngene.transplant"
 

@@ -23,8 +23,8 @@ from typing import Any, BinaryIO, Iterator, Mapping
 
 import torch
 
-from .errors import LgtError
-from .safetensors_header import SafetensorsHeader, encode_header, looks_like_safetensors, read_header
+from learngene_tools.errors import LgtError
+from learngene_tools.io.header import SafetensorsHeader, encode_header, looks_like_safetensors, read_header
 
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module", "net", "network")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")

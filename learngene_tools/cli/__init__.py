@@ -1,0 +1,1 @@
+"""lgt command line."""
