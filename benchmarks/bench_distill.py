@@ -50,10 +50,11 @@ def main() -> None:
     if not torch.cuda.is_available() and not args.cpu_smoke:
         sys.exit("bench_distill needs a CUDA device (--cpu-smoke only checks that the script runs)")
 
-    from learngene_tools.extraction.auxiliary import VARIANTS, create_aux
-    from learngene_tools.distillation.loop import DistillSettings, Student, make_optimizer, train_step
+    from learngene_tools.distillation.config import DistillSettings
+    from learngene_tools.distillation.loop import Student, make_optimizer, train_step
     from learngene_tools.distillation.loss import DistillLoss, LossSettings
     from learngene_tools.distillation.teacher import build_teacher
+    from learngene_tools.extraction.auxiliary import VARIANTS, create_aux
 
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -56,7 +56,8 @@ def build_inputs(workdir: Path, model_name: str) -> tuple[Path, Path, Path]:
     import torch
     from safetensors.torch import save_file
 
-    from learngene_tools.extraction.auxiliary import VARIANTS, create_aux, save_aux
+    from learngene_tools.extraction.aux_checkpoint import save_aux
+    from learngene_tools.extraction.auxiliary import VARIANTS, create_aux
     from learngene_tools.extraction.selection import SelectionSettings, select_from_file
 
     torch.manual_seed(0)

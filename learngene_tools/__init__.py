@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "AuxConfig": "extraction.auxiliary", "AuxNet": "extraction.auxiliary", "create_aux": "extraction.auxiliary",
-    "save_aux": "extraction.auxiliary",
+    "save_aux": "extraction.aux_checkpoint",
     "Bundle": "extraction.bundle", "LayerRecord": "extraction.bundle", "read_bundle": "extraction.bundle",
     "write_bundle": "extraction.bundle",
     "Checkpoint": "io.checkpoint", "load_checkpoint": "io.checkpoint", "save_checkpoint": "io.checkpoint",

@@ -20,8 +20,8 @@ def _fast_inspect(argv: list[str]) -> int | None:
     pos = [a for a in argv[1:] if not a.startswith("-")]
     opts = [a for a in argv[1:] if a.startswith("-")]
     if len(pos) == 1 and pos[0].startswith("lgt:"):
-        from learngene_tools.refs import builtin_path
         from learngene_tools.errors import LgtError
+        from learngene_tools.refs import builtin_path
 
         try:
             pos = [str(builtin_path(pos[0]))]

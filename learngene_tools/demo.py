@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from learngene_tools.extraction.auxiliary import VARIANTS, create_aux, save_aux
-from learngene_tools.io.checkpoint import check_output
 from learngene_tools.describe import describe_bundle
+from learngene_tools.extraction.aux_checkpoint import save_aux
+from learngene_tools.extraction.auxiliary import VARIANTS, create_aux
 from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+from learngene_tools.io.files import check_output
 from learngene_tools.transplantation.apply import transplant
 
 DEMO_AUX = "lgt_aux_small"

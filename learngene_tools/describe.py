@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from learngene_tools.extraction.bundle import SCHEMA_KEY, Bundle, read_bundle_header
 from learngene_tools.errors import LgtError
+from learngene_tools.extraction.bundle import SCHEMA_KEY, Bundle, read_bundle_header
 from learngene_tools.io.header import looks_like_safetensors, read_header
 
 
@@ -47,7 +47,7 @@ def describe_bundle(path: str | Path, verify: bool = True) -> dict[str, Any]:
 
 def describe_checkpoint(path: str, arch: str | None = None, trust_pickle: bool = False) -> dict[str, Any]:
     """Describe a checkpoint (or model spec): format, wrapper, and every conv with what a transplant does with it."""
-    from learngene_tools.transplantation.apply import open_target, target_convs
+    from learngene_tools.transplantation.target import open_target, target_convs
 
     ckpt, model = open_target(path, trust_pickle=trust_pickle)
     arch = arch or ckpt.arch

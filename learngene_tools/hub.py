@@ -26,8 +26,8 @@ from typing import Any, Iterator, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from learngene_tools import __version__
-from learngene_tools.extraction.bundle import SCHEMA_KEY, Bundle, _bundle_from_header, read_bundle_header
 from learngene_tools.errors import LgtError
+from learngene_tools.extraction.bundle import SCHEMA_KEY, Bundle, _bundle_from_header, read_bundle_header
 from learngene_tools.io.header import SafetensorsHeader, header_length, parse_header, read_header
 
 HF_SCHEME = "hf://"
@@ -658,7 +658,7 @@ def model_card(
         "",
         "```python",
         "from learngene_tools.hub import resolve_file",
-        "from learngene_tools.transplantation.apply import transplant",
+        "from learngene_tools import transplant",
         "",
         f'bundle = resolve_file("{ref}")',
         'plan = transplant(bundle, "resnet50.pth", "resnet50_lg.pth", arch="torchvision:resnet50")',

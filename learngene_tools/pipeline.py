@@ -11,8 +11,8 @@ from learngene_tools.extraction.selection import SelectionSettings, select_from_
 
 def extract(settings: DistillSettings, opts: RunOptions, out: Path, selection: SelectionSettings) -> dict[str, Any]:
     """Distil (or resume), then write the learngene bundle to `out` (by the main process only)."""
-    from learngene_tools.io.checkpoint import check_output
     from learngene_tools.distillation.loop import _barrier, _init_distributed
+    from learngene_tools.io.files import check_output
 
     d, _ = _init_distributed(opts.device)
     if d.main:

@@ -82,10 +82,10 @@ def write_image_folder(images: torch.Tensor, folder: Path) -> None:
 def extract_learngene(name: str, ancestry: Path, work: Path, data: Path | None, steps: int, batch: int,
                       reuse: bool = False) -> Path:
     """Distil lgt_aux_small from the MobileNetV2 ancestry and select its learngene (lgt extract)."""
+    from learngene_tools.distillation.config import DistillSettings, RunOptions
     from learngene_tools.extraction.auxiliary import VARIANTS
-    from learngene_tools.distillation.loop import DistillSettings, RunOptions
-    from learngene_tools.pipeline import extract
     from learngene_tools.extraction.selection import SelectionSettings
+    from learngene_tools.pipeline import extract
 
     out = work / f"learngene_{name}.safetensors"
     if reuse and out.is_file():
@@ -204,7 +204,7 @@ def summarise(runs: list[dict], epochs: int, out_dir: Path, config: dict) -> Non
                     per.append("-" if hit is None else str(hit))
                 lines.append(f"| {arch} | {int(frac * 100)} % | {init} | {', '.join(per)} | {epochs} |")
     if ("resnet", 0.6, "clkg-fmnist") in finals and ("resnet", 1.0, "scratch") in finals:
-        lines += ["", f"60 % data with CLKG vs 100 % from scratch: " + "; ".join(
+        lines += ["", "60 % data with CLKG vs 100 % from scratch: " + "; ".join(
             f"{arch}: {statistics.mean(finals[(arch, 0.6, init)]):.2f} vs {statistics.mean(finals[(arch, 1.0, 'scratch')]):.2f} ({init})"
             for arch in ARCHS for init in inits if init != "scratch")]
     (out_dir / "fashion_mnist.md").write_text("\n".join(lines) + "\n")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig, create_aux, save_aux
+from learngene_tools.extraction.aux_checkpoint import save_aux
+from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig, create_aux
 from learngene_tools.extraction.selection import SelectionSettings, select_from_file
 
 

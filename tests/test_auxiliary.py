@@ -3,9 +3,10 @@ import timm
 import torch
 
 import learngene_tools  # noqa: F401  (registers the lgt_aux_* models with timm)
-from learngene_tools.extraction.auxiliary import AuxConfig, config_from_state_dict, create_aux, save_aux
-from learngene_tools.io.checkpoint import load_checkpoint
 from learngene_tools.errors import LgtError
+from learngene_tools.extraction.aux_checkpoint import save_aux
+from learngene_tools.extraction.auxiliary import AuxConfig, config_from_state_dict, create_aux
+from learngene_tools.io.checkpoint import load_checkpoint
 
 
 @pytest.mark.parametrize("name", ["lgt_aux_tiny", "lgt_aux_small", "lgt_aux_base"])

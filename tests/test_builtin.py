@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from conftest import run_lgt
-from learngene_tools.refs import DEFAULT_NAME, available, builtin_path
-from learngene_tools.extraction.bundle import read_bundle
+
 from learngene_tools.errors import LgtError
+from learngene_tools.extraction.bundle import read_bundle
+from learngene_tools.refs import DEFAULT_NAME, available, builtin_path
 
 TESTS = str(Path(__file__).parent)
 

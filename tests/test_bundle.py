@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from learngene_tools.extraction.bundle import LAYERS_KEY, PROVENANCE_KEY, SCHEMA_KEY, read_bundle, read_bundle_header
 from learngene_tools.errors import LgtError
+from learngene_tools.extraction.bundle import LAYERS_KEY, PROVENANCE_KEY, SCHEMA_KEY, read_bundle, read_bundle_header
 from learngene_tools.io.header import read_header
 
 

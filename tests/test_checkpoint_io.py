@@ -5,13 +5,12 @@ import zipfile
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tinymodels import tiny_vgg
 
-from learngene_tools.io.checkpoint import common_prefix, find_state_dict, load_checkpoint, save_checkpoint
 from learngene_tools.errors import LgtError
+from learngene_tools.io.checkpoint import common_prefix, find_state_dict, load_checkpoint
 from learngene_tools.io.header import read_header
 from learngene_tools.transplantation.apply import transplant
-
-from tinymodels import tiny_vgg
 
 WRAPPERS = [(), ("state_dict",), ("model",), ("model_ema",), ("state_dict_ema",)]
 PREFIXES = ["", "module.", "_orig_mod.", "module._orig_mod."]

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pickled_helpers
 import pytest
+import tinymodels
 import torch
+from conftest import run_lgt
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import learngene_tools
-import pickled_helpers
-import tinymodels
-from conftest import run_lgt
 from learngene_tools.io.header import read_header
 
 TESTS = Path(__file__).parent

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_lgt
 from fakehub import FakeHub
+
 from learngene_tools import hub
-from learngene_tools.extraction.bundle import Bundle, read_bundle_header
 from learngene_tools.describe import describe_bundle
 from learngene_tools.errors import LgtError
+from learngene_tools.extraction.bundle import Bundle, read_bundle_header
 
 ALICE = "hf_alice_token"  # owns alice/*
 BOB = "hf_bob_token"

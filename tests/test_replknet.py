@@ -19,10 +19,14 @@ import timm
 import torch
 
 import learngene_tools  # noqa: F401  (registers the replknet_* models with timm)
-from learngene_tools.errors import LgtError
+from learngene_tools.distillation.ancestry import load_ancestry_checkpoint
 from learngene_tools.distillation.replknet import (
-    VARIANTS, RepLKNet, load_ancestry_checkpoint, merge_kernels, merge_state_dict,
+    VARIANTS,
+    RepLKNet,
+    merge_kernels,
+    merge_state_dict,
 )
+from learngene_tools.errors import LgtError
 
 DATA = Path(__file__).parent / "data"
 TINY = "replknet_test_tiny"
@@ -371,5 +375,5 @@ def test_mismatched_checkpoints_give_actionable_errors(tmp_path):
     torch.save({"model": {"conv.weight": torch.zeros(1)}}, tmp_path / "other.pth")
     with pytest.raises(LgtError, match="not a RepLKNet checkpoint"):
         load_ancestry_checkpoint(timm.create_model(TINY), tmp_path / "other.pth")
-    with pytest.raises(LgtError, match="needs a RepLKNet"):
+    with pytest.raises(LgtError, match="does not match the ancestry architecture"):
         load_ancestry_checkpoint(torch.nn.Linear(1, 1), path)

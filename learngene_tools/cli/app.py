@@ -7,7 +7,6 @@ Heavy imports (torch, timm) happen inside the commands that need them, so that
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from pathlib import Path
@@ -142,9 +141,9 @@ def select(
     as_json: bool = typer.Option(False, "--json", help="Print the bundle description as JSON."),
 ) -> None:
     """Select a learngene from an auxiliary model and write it as a bundle."""
-    from learngene_tools.io.checkpoint import check_output
     from learngene_tools.describe import describe_bundle
     from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+    from learngene_tools.io.files import check_output
 
     settings = SelectionSettings(stages=_parse_stages(stages), run_length=run_length)
     check_output(output, [aux], force)
@@ -182,7 +181,8 @@ def transplant(
     if target is None:
         raise LgtError("give a TARGET (a checkpoint file or a model spec such as timm:resnet50), or a --recipe that names one")
     from learngene_tools.hub import is_hf_ref, resolve_file
-    from learngene_tools.transplantation.apply import default_output, transplant as run_transplant
+    from learngene_tools.transplantation.apply import transplant as run_transplant
+    from learngene_tools.transplantation.target import default_output
 
     bundle = str(resolve_file(bundle, expect_bundle=True))  # hf:// references: downloaded into the HF cache
     target = str(resolve_file(target)) if is_hf_ref(target) else target
@@ -210,8 +210,8 @@ def inspect(
 ) -> None:
     """Describe a bundle (from its header) or a checkpoint's conv layers."""
     from learngene_tools.describe import is_bundle_file
-    from learngene_tools.refs import builtin_path, is_builtin_ref
     from learngene_tools.hub import describe_hub_file, is_hf_ref
+    from learngene_tools.refs import builtin_path, is_builtin_ref
 
     if is_builtin_ref(file):
         file = str(builtin_path(file))
@@ -241,7 +241,8 @@ def pull(
     as_json: bool = typer.Option(False, "--json", help="Print the path, repo, file and commit as JSON."),
 ) -> None:
     """Download a learngene bundle into the Hugging Face cache and print its local path."""
-    from learngene_tools.hub import commit_of, pull as hub_pull
+    from learngene_tools.hub import commit_of
+    from learngene_tools.hub import pull as hub_pull
 
     path = hub_pull(repo, filename=filename, revision=revision)
     if as_json:
@@ -265,7 +266,8 @@ def push(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Upload a bundle with a generated model card (README.md) to a Hub model repo (needs HF_TOKEN)."""
-    from learngene_tools.hub import DEFAULT_FILENAME, push as hub_push
+    from learngene_tools.hub import DEFAULT_FILENAME
+    from learngene_tools.hub import push as hub_push
 
     r = hub_push(
         bundle, repo, filename=filename, private=private, revision=revision, create_pr=create_pr, license=license_,
@@ -334,9 +336,9 @@ def _distill_inputs(
     ckpt_every: int, log_every: int, workers: int, trust_pickle: bool, device: Optional[str],
 ):
     """Settings and run options from the shared distill/extract options."""
-    from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig
-    from learngene_tools.distillation.loop import DistillSettings, RunOptions
+    from learngene_tools.distillation.config import DistillSettings, RunOptions
     from learngene_tools.distillation.loss import LossSettings
+    from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig
 
     if ancestry is None or arch is None:
         raise LgtError("give the ancestry checkpoint and --arch (or a --recipe that names them)")
@@ -510,8 +512,8 @@ def extract(
 ) -> None:
     """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
     args = _with_recipe(ctx, {k: v for k, v in locals().items() if k != "ctx"}, "extract")
-    from learngene_tools.pipeline import extract as run_extract
     from learngene_tools.extraction.selection import SelectionSettings
+    from learngene_tools.pipeline import extract as run_extract
 
     selection = SelectionSettings(stages=_parse_stages(args.pop("stages")), run_length=args.pop("run_length"))
     output = args.pop("output")

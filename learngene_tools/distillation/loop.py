@@ -11,98 +11,28 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from learngene_tools import __version__
-from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig, AuxNet, create_aux, save_aux
+from learngene_tools.distillation.config import DistillSettings, RunOptions, lr_at
 from learngene_tools.distillation.data import ImageFolder, StepSampler, SyntheticImages, collate_skipping
-from learngene_tools.distillation.loss import DistillLoss, LossSettings
-from learngene_tools.errors import LgtError
-from learngene_tools.extraction.selection import ANCESTRY_KEY, DISTILLATION_KEY
+from learngene_tools.distillation.loss import DistillLoss
 from learngene_tools.distillation.teacher import build_teacher
+from learngene_tools.errors import LgtError
+from learngene_tools.extraction.aux_checkpoint import save_aux
+from learngene_tools.extraction.auxiliary import AuxNet, create_aux
 
 STATE_FILE = "distill-state.pt"
 METRICS_FILE = "metrics.jsonl"
 AUX_FILE = "aux.safetensors"
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """Everything that decides a distillation run's result (the work folder and progress display do not)."""
-
-    arch: str
-    aux: AuxConfig = VARIANTS["lgt_aux_base"]
-    loss: LossSettings = LossSettings()
-    data: str | None = None  # a folder of images; None means synthetic images
-    img_size: int = 224
-    batch_size: int = 128  # global, over all processes
-    steps: int = 10_000
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 500
-    min_lr_ratio: float = 0.01
-    grad_clip: float = 1.0
-    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    channels_last: bool = True
-    compile: bool = False
-    merged_teacher: bool = True
-    taps: tuple[str, ...] | None = None
-    seed: int = 0
-    synthetic_length: int = 100_000
-    mean: tuple[float, float, float] | None = None  # None: the teacher's pretrained_cfg, else ImageNet's
-    std: tuple[float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("img_size", "batch_size", "steps"):
-            if getattr(self, name) < 1:
-                raise LgtError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        if self.img_size % 16:
-            raise LgtError(f"--img-size must be a multiple of 16 (stage 3 runs at stride 16; got {self.img_size})")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise LgtError(f"--precision must be auto, bf16 or fp32 (got {self.precision!r})")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise LgtError("--lr must be > 0, --warmup-steps and --grad-clip >= 0")
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON form (for checkpoints, metadata and the resume check)."""
-        d = asdict(self)
-        d["loss"] = self.loss.describe()
-        return d
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run is carried out, not what it computes."""
-
-    work_dir: Path
-    ancestry: Path | None
-    resume: bool = False
-    force: bool = False
-    ckpt_every: int = 500
-    log_every: int = 20
-    num_workers: int = 4
-    trust_pickle: bool = False
-    device: str | None = None
-    recipe: dict[str, Any] | None = None
-    progress: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False)
-
-
-def lr_at(step: int, s: DistillSettings) -> float:
-    """Learning rate for a (0-based) step: linear warm-up, then cosine down to min_lr_ratio * lr."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    span = max(s.steps - s.warmup_steps, 1)
-    t = min((step - s.warmup_steps) / span, 1.0)
-    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 class _SyncBatchNorm(nn.BatchNorm2d):
@@ -193,7 +123,7 @@ def _barrier(d: _Dist) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from learngene_tools.io.checkpoint import atomic_path
+    from learngene_tools.io.files import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -398,10 +328,8 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
     if d.main:
         plain = create_aux(s.aux)
         plain.load_state_dict({k: v.detach().cpu() for k, v in student.aux.state_dict().items()})
-        save_aux(plain, aux_path, {
-            ANCESTRY_KEY: json.dumps(ancestry_desc, sort_keys=True),
-            DISTILLATION_KEY: json.dumps({k: v for k, v in summary.items() if k != "ancestry"}, sort_keys=True),
-        })
+        save_aux(plain, aux_path, ancestry=ancestry_desc,
+                 distillation={k: v for k, v in summary.items() if k != "ancestry"})
     _barrier(d)
     return {**summary, "aux_path": aux_path}
 
@@ -415,11 +343,6 @@ def _sum_over_ranks(n: int, d: _Dist, device: torch.device) -> int:
 
 
 def _sha256(path: Path) -> str:
-    from learngene_tools.io.header import file_sha256
+    from learngene_tools.io.files import file_sha256
 
     return file_sha256(path)
-
-
-def with_steps(settings: DistillSettings, steps: int) -> DistillSettings:
-    """The same settings with another step count (the one setting a resume may change)."""
-    return replace(settings, steps=steps)

@@ -3,7 +3,7 @@
 timm has no RepLKNet, so the project provides RepLKNet-31B, -31L and -XL as ``replknet_31b``,
 ``replknet_31l`` and ``replknet_xl`` (plus ``replknet_test_tiny`` for fast tests). Parameter
 names and shapes follow the official release (DingXiaoH/RepLKNet-pytorch), so its ``.pth``
-files load strictly with `load_ancestry_checkpoint`.
+files load strictly with `learngene_tools.distillation.ancestry.load_ancestry_checkpoint`.
 
 Two structural forms exist:
 
@@ -21,9 +21,7 @@ does) at strides 4, 8, 16 by default (``out_indices=(0, 1, 2)``); stage 4 (strid
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -464,52 +462,22 @@ def _guess_variant(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     return None
 
 
-def load_ancestry_checkpoint(model: nn.Module, path: str | Path, ema: bool = False,
-                             trust_pickle: bool = False) -> dict[str, Any]:
-    """Load a released RepLKNet checkpoint strictly into `model` (a `RepLKNet`), in place.
+def load_replknet_state(model: "RepLKNet", state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """Load a RepLKNet state_dict (training or merged form) strictly into `model`, in place.
 
-    Accepts the training script's files (state under `model`, beside `optimizer`, `epoch`,
-    `scaler`, `args` (an argparse.Namespace, allowed in the weights-only load) and maybe
-    `model_ema`), bare state_dicts, `module.` prefixes and safetensors files. `ema=True` takes
-    `model_ema` instead of `model`. A training-form checkpoint loads into a merged model by
-    merging its tensors; a merged checkpoint cannot be un-merged, so it needs `merged=True`.
-    A model without a classifier (num_classes=0) ignores the checkpoint's `head.*`.
-
-    Returns a description: source, wrapper, checkpoint form, whether it was merged on load,
-    and the epoch when the file records one.
+    A training-form state loads into a merged model by merging its tensors; a merged state
+    cannot be un-merged, so it needs `merged=True`. A model without a classifier
+    (num_classes=0) ignores the state's `head.*`. Returns the state's form and whether it was
+    merged on load.
     """
-    from learngene_tools.io.checkpoint import find_state_dict, load_checkpoint
-
-    if not isinstance(model, RepLKNet):
-        raise LgtError(f"{path}: load_ancestry_checkpoint needs a RepLKNet model (timm.create_model('replknet_31b')), "
-                       f"not {type(model).__name__}")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
-    wrapper = ckpt.wrapper
-    if ema:
-        container = ckpt._container if isinstance(ckpt._container, Mapping) else {}
-        found = find_state_dict(container.get("model_ema")) if "model_ema" in container else None
-        if found is None:
-            raise LgtError(f"{path}: has no `model_ema` weights (top level: {', '.join(map(str, list(container)[:8]))}); "
-                           "drop the EMA option")
-        from learngene_tools.io.checkpoint import common_prefix
-
-        raw, inner = found
-        tensor_keys = [k for k, v in raw.items() if isinstance(v, torch.Tensor)]
-        pre = common_prefix(tensor_keys)
-        state = {k[len(pre):]: raw[k] for k in tensor_keys}
-        wrapper = ("model_ema", *inner)
-    else:
-        state = ckpt.state_dict()
-
     ckpt_form, model_form = _form(state), ("merged" if model.merged else "training")
     if ckpt_form == "none":
-        raise LgtError(f"{path}: not a RepLKNet checkpoint (no `large_kernel.lkb_origin` / `lkb_reparam` keys; "
+        raise LgtError(f"{source}: not a RepLKNet checkpoint (no `large_kernel.lkb_origin` / `lkb_reparam` keys; "
                        f"first keys: {', '.join(list(state)[:3])})")
     if ckpt_form == "mixed":
-        raise LgtError(f"{path}: mixes merged (`lkb_reparam`) and training-form (`lkb_origin`) large kernels")
+        raise LgtError(f"{source}: mixes merged (`lkb_reparam`) and training-form (`lkb_origin`) large kernels")
     if ckpt_form == "merged" and model_form == "training":
-        raise LgtError(f"{path}: is a merged (re-parameterised) RepLKNet checkpoint, which cannot be turned back into "
+        raise LgtError(f"{source}: is a merged (re-parameterised) RepLKNet checkpoint, which cannot be turned back into "
                        "the training form; build the model with merged=True, e.g. "
                        "timm.create_model('replknet_31b', merged=True)")
     merged_on_load = ckpt_form == "training" and model_form == "merged"
@@ -536,17 +504,9 @@ def load_ancestry_checkpoint(model: nn.Module, path: str | Path, ema: bool = Fal
         hint = f"; the checkpoint looks like {guess}" if guess else ""
         if wrong == ["head.weight", "head.bias"] or wrong == ["head.weight"]:
             hint += f"; build the model with num_classes={state['head.weight'].shape[0]} (or 0 to drop the head)"
-        raise LgtError(f"{path}: does not match this RepLKNet: {'; '.join(parts)}{hint}")
+        raise LgtError(f"{source}: does not match this RepLKNet: {'; '.join(parts)}{hint}")
     model.load_state_dict(state, strict=True)
-    container = ckpt._container if isinstance(ckpt._container, Mapping) else {}
-    epoch = container.get("epoch")
-    return {
-        "source": str(path),
-        "wrapper": ", ".join(wrapper) or "bare",
-        "checkpoint_form": ckpt_form,
-        "merged_on_load": merged_on_load,
-        "epoch": epoch if isinstance(epoch, (int, str)) else None,
-    }
+    return {"checkpoint_form": ckpt_form, "merged_on_load": merged_on_load}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,7 +521,7 @@ def _cfg(num_classes: int = 1000, size: int = 224, mean: tuple[float, ...] = (0.
         "first_conv": "stem.0.conv", "classifier": "head", "license": "mit", "origin_url": ORIGIN_URL,
         "paper_ids": "arXiv:2203.06717",
         "notes": ("weights are not downloaded: load the released .pth with "
-                  "learngene_tools.replknet.load_ancestry_checkpoint",),
+                  "learngene_tools.distillation.ancestry.load_ancestry_checkpoint",),
         **extra,
     }
 
@@ -593,7 +553,7 @@ def _register() -> None:
         def factory(pretrained: bool = False, **kwargs: Any) -> RepLKNet:
             if pretrained:
                 raise LgtError(f"{name}: timm cannot download RepLKNet weights; build it with pretrained=False and "
-                               "load the released .pth with learngene_tools.replknet.load_ancestry_checkpoint")
+                               "load the released .pth with learngene_tools.distillation.ancestry.load_ancestry_checkpoint")
             return build_model_with_cfg(
                 RepLKNet, name, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2)),
                 **{**cfg.kwargs(), **kwargs},

@@ -104,26 +104,6 @@ def trace_taps(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
     return taps
 
 
-def load_teacher_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> None:
-    """Load an ancestry checkpoint (any wrapper/prefix the io module knows) strictly into `model`."""
-    from learngene_tools.io.checkpoint import load_checkpoint
-
-    if _is_replknet(type(model).__name__.lower()):  # released RepLKNet files: training or merged form, `args` pickled
-        from learngene_tools.distillation.replknet import load_ancestry_checkpoint
-
-        load_ancestry_checkpoint(model, path, trust_pickle=trust_pickle)
-        return
-    ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
-    state = ckpt.state_dict()
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise LgtError(
-            f"{path}: does not match the teacher architecture: {len(result.missing_keys)} missing keys "
-            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]}); "
-            "check --arch"
-        )
-
-
 def build_teacher(arch: str, checkpoint: str | Path | None, taps: Sequence[str] | None = None,
                   merged: bool = True, trust_pickle: bool = False, img_size: int = 224) -> tuple[Teacher, dict]:
     """The frozen teacher in eval mode, and a description of it for provenance."""
@@ -132,7 +112,9 @@ def build_teacher(arch: str, checkpoint: str | Path | None, taps: Sequence[str] 
     kwargs = {"merged": True} if merged and _is_replknet(arch) else {}
     model = build_model(arch, seed=0, **kwargs)
     if checkpoint is not None:
-        load_teacher_weights(model, checkpoint, trust_pickle=trust_pickle)
+        from learngene_tools.distillation.ancestry import load_ancestry_checkpoint
+
+        load_ancestry_checkpoint(model, checkpoint, trust_pickle=trust_pickle)
     model.eval().requires_grad_(False)
     chosen = list(taps) if taps else (taps_from_feature_info(model) or trace_taps(model, (3, img_size, img_size)))
     return Teacher(model, chosen), {"arch": arch, "taps": chosen, "merged": bool(kwargs)}

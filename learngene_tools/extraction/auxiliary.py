@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import LgtError, SettingsError
+from learngene_tools.settings import setting
 
-AUX_CONFIG_KEY = "lgt.aux_config"
 _CONV_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.conv\.weight$")
 
 
@@ -25,15 +24,15 @@ _CONV_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.conv\.weight$")
 class AuxConfig:
     """Widths and depths of the three stages; the first stage needs two layers to reach stride 4."""
 
-    widths: tuple[int, int, int] = (64, 128, 256)
-    depths: tuple[int, int, int] = (3, 4, 4)
-    in_chans: int = 3
+    widths: tuple[int, int, int] = setting((64, 128, 256), "Override the variant's stage widths, e.g. 64,128,256.")
+    depths: tuple[int, int, int] = setting((3, 4, 4), "Override the variant's stage depths, e.g. 3,4,4.")
+    in_chans: int = setting(3, "Input channels.", cli=False, recipe=False)
 
     def __post_init__(self) -> None:
         if len(self.widths) != 3 or len(self.depths) != 3:
-            raise LgtError("auxiliary model: widths and depths need exactly 3 entries (one per stage)")
+            raise SettingsError("auxiliary model: widths and depths need exactly 3 entries (one per stage)")
         if self.depths[0] < 2 or min(self.depths) < 1 or min(self.widths) < 1:
-            raise LgtError("auxiliary model: stage 1 needs depth >= 2, every stage depth >= 1 and width >= 1")
+            raise SettingsError("auxiliary model: stage 1 needs depth >= 2, every stage depth >= 1 and width >= 1")
 
     def layer_strides(self, stage: int) -> list[int]:
         """Stride of each conv in a stage (0-based stage index)."""
@@ -143,15 +142,6 @@ def config_from_state_dict(state: dict[str, torch.Tensor], source: str = "checkp
 def create_aux(config: AuxConfig, num_classes: int = 0) -> AuxNet:
     """Build an auxiliary model from a config (no classifier by default: distillation needs none)."""
     return AuxNet(config.widths, config.depths, config.in_chans, num_classes=num_classes)
-
-
-def save_aux(model: AuxNet, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
-    """Save an auxiliary model as safetensors with its config in the metadata (atomically)."""
-    from learngene_tools.io.checkpoint import atomic_path, encode_safetensors
-
-    meta = {AUX_CONFIG_KEY: model.cfg.to_json(), **(extra_metadata or {})}
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(encode_safetensors(model.state_dict(), meta))
 
 
 def _register() -> None:

@@ -189,7 +189,7 @@ def read_bundle(path: str | Path) -> Bundle:
 
 def encode_bundle(layers: list[LayerRecord], tensors: Mapping[str, Any], provenance: Mapping[str, Any]) -> bytes:
     """Serialise a bundle to bytes (deterministically); the tensor hash is computed and added to the provenance."""
-    from learngene_tools.io.checkpoint import encode_safetensors
+    from learngene_tools.io.tensors import encode_safetensors
 
     def serialise(prov: Mapping[str, Any]) -> bytes:
         meta = {
@@ -211,7 +211,7 @@ def encode_bundle(layers: list[LayerRecord], tensors: Mapping[str, Any], provena
 
 def write_bundle(path: str | Path, layers: list[LayerRecord], tensors: Mapping[str, Any], provenance: Mapping[str, Any]) -> None:
     """Write a bundle atomically (temporary file, then rename)."""
-    from learngene_tools.io.checkpoint import atomic_path
+    from learngene_tools.io.files import atomic_path
 
     data = encode_bundle(layers, tensors, provenance)
     with atomic_path(Path(path)) as tmp:

@@ -17,28 +17,26 @@ from typing import Any
 import torch
 
 from learngene_tools import __version__
-from learngene_tools.extraction.auxiliary import AUX_CONFIG_KEY, AuxConfig, config_from_state_dict
+from learngene_tools.errors import LgtError, SettingsError
+from learngene_tools.extraction.aux_checkpoint import load_aux
+from learngene_tools.extraction.auxiliary import AuxConfig
 from learngene_tools.extraction.bundle import BN_PARTS, LayerRecord, write_bundle
-from learngene_tools.io.checkpoint import load_checkpoint
-from learngene_tools.errors import LgtError
-from learngene_tools.io.header import file_sha256
-
-ANCESTRY_KEY = "lgt.ancestry"
-DISTILLATION_KEY = "lgt.distillation"
+from learngene_tools.io.files import file_sha256
+from learngene_tools.settings import setting
 
 
 @dataclass(frozen=True)
 class SelectionSettings:
     """Which stages (1-based) give a run, and how long each run is (None: the whole stage)."""
 
-    stages: tuple[int, ...] = (1, 3)
-    run_length: int | None = None
+    stages: tuple[int, ...] = setting((1, 3), "Auxiliary stages that give a run (edge kernels: first and last).")
+    run_length: int | None = setting(None, "Layers per run (default: the whole stage).")
 
     def __post_init__(self) -> None:
         if not self.stages or any(s not in (1, 2, 3) for s in self.stages) or len(set(self.stages)) != len(self.stages):
-            raise LgtError(f"--stages must be distinct values among 1, 2, 3 (got {list(self.stages)})")
+            raise SettingsError(f"--stages must be distinct values among 1, 2, 3 (got {list(self.stages)})")
         if self.run_length is not None and self.run_length < 1:
-            raise LgtError(f"--run-length must be at least 1 (got {self.run_length})")
+            raise SettingsError(f"--run-length must be at least 1 (got {self.run_length})")
 
 
 def _anchor(stage: int) -> str:
@@ -87,18 +85,13 @@ def select_from_file(
     aux_path: str | Path, out: str | Path, settings: SelectionSettings, trust_pickle: bool = False
 ) -> list[LayerRecord]:
     """`lgt select`: read an auxiliary checkpoint, select its learngene and write the bundle."""
-    ckpt = load_checkpoint(aux_path, trust_pickle=trust_pickle)
-    state = ckpt.state_dict()
-    config = (
-        AuxConfig.from_json(ckpt.metadata[AUX_CONFIG_KEY]) if AUX_CONFIG_KEY in ckpt.metadata
-        else config_from_state_dict(state, ckpt.source)
-    )
-    records, tensors = select_learngene(state, config, settings)
+    aux = load_aux(aux_path, trust_pickle=trust_pickle)
+    records, tensors = select_learngene(aux.state, aux.config, settings)
     provenance: dict[str, Any] = {
-        "ancestry": json.loads(ckpt.metadata.get(ANCESTRY_KEY, "null")),
-        "auxiliary": {"config": json.loads(config.to_json()), "checkpoint": Path(aux_path).name,
+        "ancestry": aux.ancestry,
+        "auxiliary": {"config": json.loads(aux.config.to_json()), "checkpoint": Path(aux_path).name,
                       "checkpoint_sha256": file_sha256(aux_path)},
-        "distillation": json.loads(ckpt.metadata.get(DISTILLATION_KEY, "null")),
+        "distillation": aux.distillation,
         "selection": {"criteria": ["direct_kernel_extraction", "edge_kernels", "continuous_runs"], **asdict(settings)},
         "tool": {"name": "learngene_tools", "version": __version__},
     }

@@ -9,34 +9,26 @@ temporary file in the destination folder and renamed into place.
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import pickle
 import re
-import shutil
 import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Mapping
 
 import torch
 
 from learngene_tools.errors import LgtError
+from learngene_tools.io.files import atomic_path
 from learngene_tools.io.header import SafetensorsHeader, encode_header, looks_like_safetensors, read_header
+from learngene_tools.io.tensors import ST_TO_TORCH, TORCH_TO_ST, tensor_bytes, write_safetensors
 
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module", "net", "network")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
-
-ST_TO_TORCH = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-}
-TORCH_TO_ST = {v: k for k, v in ST_TO_TORCH.items()}
-
 
 @dataclass
 class Checkpoint:
@@ -72,6 +64,11 @@ class Checkpoint:
 
         sd = load_file(str(self.path))
         return {k: sd[self.prefix + k] for k in self.shapes}
+
+    @property
+    def container(self) -> Any:
+        """The whole loaded object of a pickle (the dict around the state_dict), None for other formats."""
+        return self._container
 
     @property
     def wrapper_desc(self) -> str:
@@ -224,56 +221,6 @@ def output_format(ckpt: Checkpoint, out: Path) -> str:
         want = ".safetensors" if ckpt.fmt == "safetensors" else ".pt/.pth/.bin"
         raise LgtError(f"{out}: the target is a {ckpt.fmt} checkpoint and is written back as one; name the output {want}")
     return ckpt.fmt
-
-
-def check_output(out: Path, inputs: list[Path], force: bool) -> None:
-    """Refuse to clobber an input, or an existing output without --force, before any work is done."""
-    for p in inputs:
-        if out.exists() and p.exists() and out.resolve() == p.resolve():
-            raise LgtError(f"{out}: is an input; inputs are never modified, choose another output path")
-    if out.is_dir():
-        raise LgtError(f"{out}: is a directory; give a file name")
-    if out.exists() and not force:
-        raise LgtError(f"{out}: already exists; pass --force to overwrite it")
-    if not out.parent.exists():
-        raise LgtError(f"{out.parent}: output folder does not exist")
-
-
-@contextlib.contextmanager
-def atomic_path(out: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `out`; on success it is fsynced and renamed onto `out`, else removed."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fdatasync(f.fileno()) if hasattr(os, "fdatasync") else os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    """Raw little-endian bytes of a tensor, as safetensors stores them."""
-    t = t.detach().contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
-def encode_safetensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """A whole safetensors file in memory, tensors in name order: the same inputs give the same bytes."""
-    buf = io.BytesIO()
-    write_safetensors(tensors, metadata, buf)
-    return buf.getvalue()
-
-
-def write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str], f: BinaryIO) -> None:
-    """Stream a safetensors file to `f` one tensor at a time (never the whole file in memory)."""
-    names = sorted(tensors)
-    entries = [(n, TORCH_TO_ST[tensors[n].dtype], tuple(tensors[n].shape),
-                tensors[n].numel() * tensors[n].element_size()) for n in names]
-    f.write(encode_header(entries, metadata))
-    for n in names:
-        f.write(tensor_bytes(tensors[n]))
 
 
 def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:

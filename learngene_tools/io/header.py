@@ -158,15 +158,6 @@ def tensor_hash(f: BinaryIO, header: SafetensorsHeader) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a whole file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
 def encode_header(entries: Iterable[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:
     """Length prefix + JSON header for tensors laid out back to back in the given order.
 

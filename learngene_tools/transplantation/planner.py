@@ -9,13 +9,35 @@ The plan needs only the bundle header: kept kernels come from the recorded L2 no
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from learngene_tools.errors import ModelError, SettingsError
+from learngene_tools.extraction.bundle import BN_PARTS, Bundle, LayerRecord, read_bundle_header
+from learngene_tools.io.checkpoint import Checkpoint
+from learngene_tools.settings import setting
 from learngene_tools.transplantation.adapt import keep_by_norm
-from learngene_tools.extraction.bundle import BN_PARTS, Bundle, LayerRecord
 from learngene_tools.transplantation.convs import TargetConv
-from learngene_tools.errors import LgtError
+
+
+@dataclass(frozen=True)
+class TransplantSettings:
+    """What decides a transplant's result besides the bundle and the target."""
+
+    arch: str | None = setting(None, "Model of the target (timm:NAME, torchvision:NAME or pkg.module:factory), "
+                                     "traced for exact strides and execution order.", metavar="SPEC")
+    seed: int = setting(0, "Seed for every random draw.")
+    transfer_bn: bool = setting(True, "Carry the learngene's BatchNorm with its conv.", name="bn")
+    input_size: tuple[int, ...] | None = setting(None, "Dummy input [C,]H,W for tracing --arch "
+                                                       "(default: the model's own).", metavar="C,H,W")
+    trust_pickle: bool = setting(False, "Allow arbitrary pickled objects in the target (trusted files only).",
+                                 recipe=False)
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if size is not None and (len(size) not in (2, 3) or min(size[-2:]) < 8 or min(size) < 1):
+            raise SettingsError(f"--input-size takes H,W or C,H,W with H and W at least 8 (got {list(size)})")
 
 
 @dataclass(frozen=True)
@@ -63,6 +85,8 @@ class TransplantPlan:
     transfer_bn: bool
     assignments: tuple[Assignment, ...]
     convs: tuple[TargetConv, ...]
+    target_checkpoint: Checkpoint | None = field(default=None, compare=False, repr=False)  # the opened target
+
 
     @property
     def placed(self) -> list[Assignment]:
@@ -138,7 +162,7 @@ def _place(rec: LayerRecord, conv: TargetConv, prev: Assignment | None, transfer
     )
 
 
-def plan_transplant(
+def place_layers(
     bundle: Bundle,
     convs: list[TargetConv],
     *,
@@ -151,7 +175,7 @@ def plan_transplant(
 ) -> TransplantPlan:
     """Plan where each learngene layer goes in the target and how it is adapted."""
     if not convs:
-        raise LgtError(f"{target}: has no conv layer (no 4-D weight); lgt transplants into CNN checkpoints")
+        raise ModelError(f"{target}: has no conv layer (no 4-D weight); lgt transplants into CNN checkpoints")
     strides = "traced" if arch else "estimated"
     used: set[str] = set()
     assignments: list[Assignment] = []
@@ -188,9 +212,23 @@ def plan_transplant(
     )
     if not plan.placed:
         n_ok = sum(c.eligible for c in convs)
-        raise LgtError(
+        raise ModelError(
             f"{target}: no learngene layer fits: {n_ok} of {len(convs)} conv(s) can take a dense 3x3 kernel "
             f"and none sits at the strides the bundle needs ({', '.join(str(r[-1].reduction) for r in bundle.runs())}); "
             "`lgt inspect` on the target lists its convs"
         )
     return plan
+
+
+def plan_transplant(bundle: str | Path, target: str | Path, settings: TransplantSettings | None = None) -> TransplantPlan:
+    """Plan a transplant of a local bundle file into a target file or model spec (nothing is written)."""
+    from learngene_tools.transplantation.target import open_target, target_convs
+
+    s = settings or TransplantSettings()
+    header = read_bundle_header(bundle, verify=True)
+    ckpt, model = open_target(target, seed=s.seed, trust_pickle=s.trust_pickle)
+    arch = s.arch or ckpt.arch
+    convs = target_convs(ckpt, arch, model, s.input_size, s.seed)
+    plan = place_layers(header, convs, target=ckpt.source, target_format=ckpt.fmt, wrapper=ckpt.wrapper_desc,
+                        arch=arch, seed=s.seed, transfer_bn=s.transfer_bn)
+    return replace(plan, target_checkpoint=ckpt)
