@@ -1,8 +1,10 @@
 """learngene_tools: CLKG learngene extraction and transplantation.
 
-Importing this package is cheap (no torch): the public API loads on first use, and
-the auxiliary and RepLKNet models register with timm as soon as timm is imported (or at once,
-if it already is), so ``timm.create_model("lgt_aux_base")`` works after
+The public API (see README "Python API"): `resolve`, `read_bundle`, `describe`, `select`, `distill`,
+`extract`, `plan_transplant`, `apply_plan`, `transplant`, `pull`, `push`, their settings classes
+and result types, and the error types. Importing this package is cheap (no torch): names load on
+first use. The auxiliary and RepLKNet models register with timm as soon as timm is imported (or
+at once, if it already is), so ``timm.create_model("lgt_aux_base")`` works after
 ``import learngene_tools``.
 """
 
@@ -17,23 +19,36 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AuxConfig": "extraction.auxiliary", "AuxNet": "extraction.auxiliary", "create_aux": "extraction.auxiliary",
-    "save_aux": "extraction.aux_checkpoint",
-    "Bundle": "extraction.bundle", "LayerRecord": "extraction.bundle", "read_bundle": "extraction.bundle",
-    "write_bundle": "extraction.bundle",
-    "Checkpoint": "io.checkpoint", "load_checkpoint": "io.checkpoint", "save_checkpoint": "io.checkpoint",
-    "LgtError": "errors",
-    "SelectionSettings": "extraction.selection", "select_learngene": "extraction.selection",
-    "TransplantPlan": "transplantation.planner", "plan_transplant": "transplantation.planner",
-    "transplant": "transplantation.apply", "apply_plan": "transplantation.apply",
+    # steps of the pipeline, taking references (path, lgt:NAME, hf://...) wherever they take a file
+    "resolve": "api", "read_bundle": "api", "describe": "api", "select": "api", "distill": "api", "extract": "api",
+    "plan_transplant": "api", "apply_plan": "api", "transplant": "api",
+    "pull": "hub", "push": "hub",
+    # settings
+    "AuxConfig": "extraction.auxiliary", "LossSettings": "distillation.loss",
+    "DistillSettings": "distillation.config", "RunOptions": "distillation.config",
+    "SelectionSettings": "extraction.selection", "TransplantSettings": "transplantation.planner",
+    # results and file types
+    "Bundle": "extraction.bundle", "LayerRecord": "extraction.bundle",
+    "TransplantPlan": "transplantation.planner", "Assignment": "transplantation.planner",
+    "Checkpoint": "io.checkpoint", "load_checkpoint": "io.checkpoint",
+    # errors
+    "LgtError": "errors", "NotFoundError": "errors", "InvalidFileError": "errors", "UnsafeInputError": "errors",
+    "OutputError": "errors", "SettingsError": "errors", "ModelError": "errors", "TrainingError": "errors",
+    "HubError": "errors", "HubNotFoundError": "errors", "HubAuthError": "errors", "HubConnectionError": "errors",
 }
 __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # a submodule import can no longer shadow it
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 class _RegisterWithTimm(importlib.abc.MetaPathFinder):

@@ -1,8 +1,8 @@
 """Entry point of `lgt` and `python -m learngene_tools`.
 
-`lgt inspect BUNDLE [--json] [--verify/--no-verify]` is served here without building
-the typer app: importing typer costs about 0.3 s, more than the whole header read.
-Every other call, and any other option, goes to the full CLI.
+`lgt inspect BUNDLE [--json] [-q] [--verify/--no-verify]` is served here without building the
+typer app: importing typer costs about 0.3 s, more than the whole header read. Every other
+call, and any other option, goes to the full CLI.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-_FAST_INSPECT_FLAGS = {"--json", "--verify", "--no-verify"}
+_FAST_INSPECT_FLAGS = {"--json", "--verify", "--no-verify", "-q", "--quiet"}
 
 
 def _fast_inspect(argv: list[str]) -> int | None:
@@ -19,19 +19,21 @@ def _fast_inspect(argv: list[str]) -> int | None:
         return None
     pos = [a for a in argv[1:] if not a.startswith("-")]
     opts = [a for a in argv[1:] if a.startswith("-")]
-    if len(pos) == 1 and pos[0].startswith("lgt:"):
-        from learngene_tools.errors import LgtError
+    if len(pos) != 1 or any(o not in _FAST_INSPECT_FLAGS for o in opts):
+        return None
+    from learngene_tools.errors import LgtError
+
+    if pos[0].startswith("lgt:"):
         from learngene_tools.refs import builtin_path
 
         try:
             pos = [str(builtin_path(pos[0]))]
         except LgtError:
             return None  # the full CLI reports it
-    if len(pos) != 1 or any(o not in _FAST_INSPECT_FLAGS for o in opts) or not os.path.isfile(pos[0]):
+    if not os.path.isfile(pos[0]):
         return None
     from learngene_tools.cli import render
-    from learngene_tools.describe import is_bundle_file
-    from learngene_tools.errors import LgtError
+    from learngene_tools.extraction.bundle import describe_bundle, is_bundle_file
 
     try:
         if not is_bundle_file(pos[0]):
@@ -40,11 +42,16 @@ def _fast_inspect(argv: list[str]) -> int | None:
         return None  # the full CLI reports a broken file
     last = {o: i for i, o in enumerate(opts)}  # the last of --verify / --no-verify wins, as in typer
     verify = last.get("--no-verify", -1) < last.get("--verify", -1) or "--no-verify" not in last
+    as_json = "--json" in opts
     try:
-        render.inspect_bundle(render.console(), pos[0], verify=verify, as_json="--json" in opts)
+        summary = describe_bundle(pos[0], verify=verify)
     except LgtError as e:
-        render.print_error(render.console(stderr=True), str(e))
+        render.print_failure(render.console(stderr=True), str(e), e.kind, 2, as_json)
         return 2
+    if as_json:
+        render.print_json(summary)
+    else:
+        render.show_bundle(render.console(), summary, quiet="-q" in opts or "--quiet" in opts)
     return 0
 
 

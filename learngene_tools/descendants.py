@@ -12,14 +12,14 @@ import os
 
 from torch import nn
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import ModelError
 
 
 def _need(package: str, pip_name: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(package) is None:
-        raise LgtError(f"this descendant needs {pip_name}: pip install {pip_name} (or pip install -e \".[descendants]\")")
+        raise ModelError(f"this descendant needs {pip_name}: pip install {pip_name} (or pip install -e \".[descendants]\")")
 
 
 def yolov8n() -> nn.Module:

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from learngene_tools import __version__
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import SCHEMA_KEY, Bundle, _bundle_from_header, read_bundle_header
+from learngene_tools.extraction.bundle import Bundle, read_bundle_header
 from learngene_tools.io.header import SafetensorsHeader, header_length, parse_header, read_header
 
 HF_SCHEME = "hf://"
@@ -403,15 +403,9 @@ def _relabel(err: LgtError, path: Path, ref: HfRef) -> LgtError:
     return LgtError(str(err).replace(str(path), str(ref)))
 
 
-def resolve_file(ref: str | os.PathLike[str], *, expect_bundle: bool = False, progress: bool | None = None) -> Path:
-    """A local path as is, a shipped `lgt:NAME` bundle, or an `hf://` reference downloaded into the HF cache."""
-    from learngene_tools.refs import builtin_path, is_builtin_ref
-
-    if is_builtin_ref(ref):
-        return builtin_path(str(ref))
-    if not is_hf_ref(ref):
-        return Path(ref)
-    hf_ref = parse_hf_ref(str(ref))
+def download(ref: str | HfRef, *, expect_bundle: bool = False, progress: bool | None = None) -> Path:
+    """An `hf://` file in the huggingface_hub cache, downloaded if needed; `expect_bundle` validates it as a bundle."""
+    hf_ref = ref if isinstance(ref, HfRef) else parse_hf_ref(ref)
     path = _download(hf_ref, progress)
     if expect_bundle:
         try:
@@ -497,33 +491,6 @@ def read_remote_header(ref: str | HfRef) -> SafetensorsHeader:
     if len(raw) != n:
         raise LgtError(f"{label}: the Hub sent {len(raw)} header bytes, expected {n}; try again")
     return parse_header(raw, size, label)
-
-
-def describe_hub_file(
-    ref: str, verify: bool | None = None, arch: str | None = None, trust_pickle: bool = False,
-    progress: bool | None = None,
-) -> dict[str, Any]:
-    """`lgt inspect hf://…`: a bundle from its remote header (verify=True downloads and re-hashes), else a checkpoint."""
-    from learngene_tools.describe import bundle_summary, describe_bundle, describe_checkpoint
-
-    hf_ref = parse_hf_ref(ref)
-    label = str(hf_ref)
-    if not verify and hf_ref.filename.endswith(".safetensors"):
-        header = read_remote_header(hf_ref)
-        if SCHEMA_KEY in header.metadata:
-            return bundle_summary(_bundle_from_header(header), verified=False)
-    path = resolve_file(label, progress=progress)
-    from learngene_tools.describe import is_bundle_file
-
-    if is_bundle_file(path):
-        try:
-            summary = describe_bundle(path, verify=verify is not False)
-        except LgtError as e:
-            raise _relabel(e, path, hf_ref) from None
-    else:
-        summary = describe_checkpoint(str(path), arch=arch, trust_pickle=trust_pickle)
-    summary["file"] = label
-    return summary
 
 
 # --- push and model card ----------------------------------------------------------------------
@@ -657,11 +624,9 @@ def model_card(
         "From Python:",
         "",
         "```python",
-        "from learngene_tools.hub import resolve_file",
         "from learngene_tools import transplant",
         "",
-        f'bundle = resolve_file("{ref}")',
-        'plan = transplant(bundle, "resnet50.pth", "resnet50_lg.pth", arch="torchvision:resnet50")',
+        f'plan = transplant("{ref}", "resnet50.pth", "resnet50_lg.pth", arch="torchvision:resnet50")',
         "```",
         "",
         "The descendant checkpoint has exactly the target's keys, shapes and dtypes; every tensor the plan does not "

@@ -16,7 +16,7 @@ def extract(settings: DistillSettings, opts: RunOptions, out: Path, selection: S
 
     d, _ = _init_distributed(opts.device)
     if d.main:
-        check_output(out, [p for p in (opts.ancestry,) if p is not None], opts.force)
+        check_output(out, [Path(p) for p in (opts.ancestry,) if p is not None], opts.force)
     summary = distill(settings, opts)
     if d.main:
         select_from_file(summary["aux_path"], out, selection)

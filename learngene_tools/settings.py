@@ -104,6 +104,10 @@ class Setting:
         """A recipe (TOML) value as the field's value; a value of the wrong type is a SettingsError."""
         if self.is_nested:
             return self.parse(value) if isinstance(value, str) else _bad(where, self, value)
+        args = typing.get_args(self.kind)
+        if typing.get_origin(self.kind) is tuple and isinstance(value, list) and Ellipsis not in args \
+                and len(value) != len(args):
+            raise SettingsError(f"{where} {self.name} needs {len(args)} values, got {len(value)}")
         try:
             return _coerce(self, value, from_text=False)
         except SettingsError:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import ModelError
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -37,7 +37,7 @@ def build_model(spec: str, seed: int = 0, **kwargs: Any) -> nn.Module:
             import learngene_tools.extraction.auxiliary  # noqa: F401  (registers lgt_aux_* with timm)
 
             if not timm.is_model(name):
-                raise LgtError(f"unknown timm model {name!r}; `python -c \"import timm; print(timm.list_models('*{name[:4]}*'))\"` lists near names")
+                raise ModelError(f"unknown timm model {name!r}; `python -c \"import timm; print(timm.list_models('*{name[:4]}*'))\"` lists near names")
             return timm.create_model(name, pretrained=False, **kwargs)
         if prefix == "torchvision":
             import torchvision
@@ -45,7 +45,7 @@ def build_model(spec: str, seed: int = 0, **kwargs: Any) -> nn.Module:
             try:
                 builder = torchvision.models.get_model_builder(name)
             except ValueError:
-                raise LgtError(f"unknown torchvision model {name!r}") from None
+                raise ModelError(f"unknown torchvision model {name!r}") from None
             try:
                 return builder(weights=None, weights_backbone=None, **kwargs)
             except TypeError:
@@ -53,12 +53,12 @@ def build_model(spec: str, seed: int = 0, **kwargs: Any) -> nn.Module:
         module = importlib.import_module(prefix)
         factory = getattr(module, name, None)
         if not callable(factory):
-            raise LgtError(f"{spec}: {prefix} has no callable {name!r}")
+            raise ModelError(f"{spec}: {prefix} has no callable {name!r}")
         model = factory(**kwargs)
     except ImportError as e:
-        raise LgtError(f"{spec}: cannot import {e.name or prefix} ({e}); install it first") from None
+        raise ModelError(f"{spec}: cannot import {e.name or prefix} ({e}); install it first") from None
     if not isinstance(model, nn.Module):
-        raise LgtError(f"{spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(f"{spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 

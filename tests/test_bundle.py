@@ -47,7 +47,7 @@ def test_header_read_needs_no_torch(bundle_tiny):
     import sys
 
     code = (
-        "import sys; from learngene_tools.describe import describe_bundle; "
+        "import sys; from learngene_tools.extraction.bundle import describe_bundle; "
         f"d = describe_bundle({str(bundle_tiny)!r}); assert d['hash_verified']; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

@@ -16,10 +16,9 @@ import yaml
 from conftest import run_lgt
 from fakehub import FakeHub
 
-from learngene_tools import hub
-from learngene_tools.describe import describe_bundle
+from learngene_tools import describe, hub, resolve
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import Bundle, read_bundle_header
+from learngene_tools.extraction.bundle import Bundle, describe_bundle, read_bundle_header
 
 ALICE = "hf_alice_token"  # owns alice/*
 BOB = "hf_bob_token"
@@ -109,7 +108,7 @@ def test_parse_hf_ref_forms_and_mistakes():
     for bad in ("hf://o", "hf://o/r/../x", "hf://o/r/x@", "hf://datasets/o/r/x", "hf://o b/r/x", "o/r/x"):
         with pytest.raises(LgtError):
             p(bad)
-    assert hub.resolve_file("local/learngene.safetensors") == Path("local/learngene.safetensors")
+    assert resolve("local/learngene.safetensors") == Path("local/learngene.safetensors")
     assert hub.is_hf_ref("hf://o/r") and not hub.is_hf_ref("timm:resnet50")
 
 
@@ -205,7 +204,7 @@ def test_inspect_reads_the_header_only(fake_hub, hub_env, bundle_small, work):
 def test_inspect_verify_downloads_and_rehashes(fake_hub, hub_env, bundle_small):
     data = bundle_small.read_bytes()
     _repo_with_bundle(fake_hub, "alice/lg", data)
-    summary = hub.describe_hub_file("hf://alice/lg/learngene.safetensors", verify=True)
+    summary = describe("hf://alice/lg/learngene.safetensors", verify=True)
     assert summary["hash_verified"] is True and summary["file"] == "hf://alice/lg/learngene.safetensors"
     assert fake_hub.bytes_served[("alice/lg", "learngene.safetensors")] == len(data)
 

@@ -35,7 +35,7 @@ def test_the_paper_recipes_are_shipped() -> None:
     ('[transplant]\ntarget = "timm:resnet50"\nsed = 1\n', "unknown key 'sed' in [transplant]"),
     ('[transplant]\ntarget = "timm:resnet50"\nseed = "one"\n', "seed must be an integer"),
     ('[transplant]\ntarget = "timm:resnet50"\nbn = 1\n', "bn must be true or false"),
-    ('[transplant]\ninput_size = [224]\n', "input_size is [height, width]"),
+    ('[transplant]\ninput_size = [224]\n', "--input-size takes H,W or C,H,W"),
     ('[transplant]\ntarget = 5\n', "target must be a string"),
     ('[extract]\narch = "x"\n', "no [transplant] table; it is a extract recipe"),
     ('[transplants]\ntarget = "x"\n', "unknown table(s) transplants"),
@@ -55,7 +55,7 @@ def test_extract_recipe_checks_list_lengths_and_types(tmp_path: Path) -> None:
     with pytest.raises(LgtError, match="alphas needs 3 values"):
         load_recipe(path, "extract")
     path.write_text('[extract]\narch = "timm:resnet18"\nalphas = [1, "a", 1]\n')
-    with pytest.raises(LgtError, match="alphas must be a list of a number"):
+    with pytest.raises(LgtError, match="alphas must be a list of 3 numbers"):
         load_recipe(path, "extract")
 
 

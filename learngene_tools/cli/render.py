@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -18,12 +18,15 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, width=width)
 
 
-def show_bundle(out: Console, s: dict[str, Any]) -> None:
+def show_bundle(out: Console, s: dict[str, Any], quiet: bool = False) -> None:
+    """A bundle's summary line, layer table and provenance (the summary line only when `quiet`)."""
     prov = s["provenance"]
     anc = prov.get("ancestry") or {}
     aux = (prov.get("auxiliary") or {}).get("config")
     out.print(f"[bold]{s['file']}[/]: learngene bundle, schema {s['schema']}, {len(s['layers'])} layers, "
               f"{s['params']:,} conv parameters, stages {', '.join(map(str, s['stages']))}")
+    if quiet:
+        return
     t = Table(show_edge=False, pad_edge=False)
     for col in ("layer", "stage", "shape", "stride", "out stride", "BN", "L2 norm min/mean/max", "source"):
         t.add_column(col)
@@ -81,16 +84,22 @@ def plan_cells(a: Any) -> tuple[str, str, str, str]:
     return kernels, inputs, ksize, a.bn or "-"
 
 
-def show_plan(out: Console, plan: Any) -> None:
+def show_plan(out: Console, plan: Any, verbose: bool = False) -> None:
+    """A transplant plan as a table and a summary line (`verbose`: every adaptation step of every layer)."""
     t = Table(show_edge=False, pad_edge=False)
     for col in ("layer", "target conv", "shape", "stride", "kernels", "in channels", "kernel", "BN"):
         t.add_column(col, overflow="fold")
     for a in plan.assignments:
         if a.placed:
-            t.add_row(a.layer, a.target.removesuffix(".weight"), "x".join(map(str, a.target_shape)), str(a.reduction), *plan_cells(a))
+            t.add_row(a.layer, a.target.removesuffix(".weight"), "x".join(map(str, a.target_shape)), str(a.reduction),
+                      *plan_cells(a))
         else:
             t.add_row(a.layer, "[yellow]left out[/]", "", "", a.reason)
     out.print(t)
+    if verbose:
+        for a in plan.placed:
+            for step in a.steps:
+                out.print(f"{a.layer} -> {a.target.removesuffix('.weight')}: {step}", soft_wrap=True)
     skipped: dict[str, int] = {}
     for c in plan.convs:
         if not c.eligible:
@@ -104,9 +113,12 @@ def show_plan(out: Console, plan: Any) -> None:
               f"{strides}; target {plan.wrapper}; seed {plan.seed}; --json shows every step")
 
 
-def show_checkpoint(out: Console, s: dict[str, Any]) -> None:
+def show_checkpoint(out: Console, s: dict[str, Any], quiet: bool = False) -> None:
+    """A checkpoint's summary line and its conv table (the summary line only when `quiet`)."""
     out.print(f"[bold]{s['file']}[/]: {s['format']} checkpoint, {s['wrapper']}, {s['tensors']} tensors, "
               f"{s['params']:,} parameters; strides {s['strides']}" + (f" from {s['arch']}" if s["arch"] else ""))
+    if quiet:
+        return
     for k, v in s["metadata"].items():
         out.print(f"{k}: {v}")
     t = Table(show_edge=False, pad_edge=False)
@@ -131,12 +143,46 @@ def print_error(err: Console, message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
 
 
-def inspect_bundle(out: Console, path: str, verify: bool, as_json: bool) -> None:
-    """`lgt inspect BUNDLE`: header-only description (and hash check), as a table or JSON."""
-    from learngene_tools.describe import describe_bundle
-
-    summary = describe_bundle(path, verify=verify)
+def print_failure(err: Console, message: str, kind: str, code: int, as_json: bool) -> None:
+    """A failure: the one line on stderr and, for `--json`, an error object on stdout."""
+    print_error(err, message)
     if as_json:
-        print_json(summary)
-    else:
-        show_bundle(out, summary)
+        print_json({"error": {"kind": kind, "message": message, "exit_code": code}})
+
+
+def show_distill_summary(out: Console, summary: dict[str, Any]) -> None:
+    """The line a finished distillation prints."""
+    losses = summary["final_stage_losses"] or []
+    out.print(f"distilled {summary['steps']} steps, {summary['images_seen']:,} images "
+              f"({summary['skipped_images']} unreadable skipped) on {summary['world_size']} {summary['device']} "
+              f"process(es), {summary['precision']}; final loss {summary['final_loss']:.4f} "
+              f"(stages {', '.join(f'{v:.4f}' for v in losses)}) -> {summary['aux_path']}", soft_wrap=True)
+
+
+def progress_printer(err: Console, total: int, plain: bool = False) -> Callable[[dict[str, Any]], None]:
+    """Distillation progress on stderr: a rich bar on a terminal, else (or when `plain`) one line per log interval.
+
+    Only the main process (RANK 0) reports.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return lambda record: None
+    if plain or not err.is_terminal:
+        def line(r: dict[str, Any]) -> None:
+            stages = " ".join(f"{v:.4f}" for v in r["stage_losses"])
+            err.print(f"step {r['step']}/{r['steps']} loss {r['loss']:.4f} (stages {stages}) "
+                      f"{r['images_per_s']:.1f} img/s lr {r['lr']:.2e}", soft_wrap=True, highlight=False)
+        return line
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("distilling"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    task = bar.add_task("distill", total=total, loss="-", speed="-")
+
+    def update(r: dict[str, Any]) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=r["step"], loss=f"{r['loss']:.4f}", speed=f"{r['images_per_s']:.0f}")
+        if r["step"] >= r["steps"]:
+            bar.stop()
+    return update

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from learngene_tools.distillation.replknet import RepLKNet, load_replknet_state
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import InvalidFileError, ModelError
 from learngene_tools.io.checkpoint import common_prefix, find_state_dict, load_checkpoint
 
 
@@ -24,7 +24,7 @@ def _ema_state(container: Any, path: str | Path) -> tuple[dict[str, torch.Tensor
     found = find_state_dict(container.get("model_ema")) if isinstance(container, Mapping) and "model_ema" in container else None
     if found is None:
         top = ", ".join(map(str, list(container)[:8])) if isinstance(container, Mapping) else type(container).__name__
-        raise LgtError(f"{path}: has no `model_ema` weights (top level: {top}); drop the EMA option")
+        raise InvalidFileError(f"{path}: has no `model_ema` weights (top level: {top}); drop the EMA option")
     raw, inner = found
     keys = [k for k, v in raw.items() if isinstance(v, torch.Tensor)]
     pre = common_prefix(keys)
@@ -50,7 +50,7 @@ def load_ancestry_checkpoint(model: nn.Module, path: str | Path, ema: bool = Fal
     else:
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
-            raise LgtError(
+            raise ModelError(
                 f"{path}: does not match the ancestry architecture: {len(result.missing_keys)} missing keys "
                 f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
                 f"(e.g. {result.unexpected_keys[:3]}); check --arch"

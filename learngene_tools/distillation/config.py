@@ -79,8 +79,9 @@ class DistillSettings:
 class RunOptions:
     """How a run is carried out, not what it computes."""
 
-    ancestry: Path | None = setting(None, "Ancestry (teacher) checkpoint: .pth/.pt/.safetensors, "
-                                          "e.g. RepLKNet-31B_ImageNet-1K_224.pth.", positional=True)
+    ancestry: str | None = setting(None, "Ancestry (teacher) checkpoint, .pth/.pt/.safetensors (e.g. "
+                                         "RepLKNet-31B_ImageNet-1K_224.pth): a path or hf://OWNER/REPO/FILE[@REVISION].",
+                                   positional=True)
     work_dir: Path = setting(Path("lgt-distill"), "Folder for checkpoints, metrics.jsonl and aux.safetensors.")
     resume: bool = setting(False, "Continue the run saved in --work-dir.", recipe=False)
     force: bool = setting(False, "Start over even if --work-dir holds a run (and overwrite outputs).", recipe=False)

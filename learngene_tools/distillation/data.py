@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import NotFoundError, SettingsError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,10 +31,10 @@ def find_images(root: str | Path) -> list[Path]:
     """Every image file under `root`, recursively, in a stable order (class folders allowed)."""
     root = Path(root)
     if not root.is_dir():
-        raise LgtError(f"{root}: no such folder of images (give --data a folder, or use --synthetic)")
+        raise NotFoundError(f"{root}: no such folder of images (give --data a folder, or use --synthetic)")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise LgtError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} recursively)")
+        raise NotFoundError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} recursively)")
     return files
 
 
@@ -113,9 +113,9 @@ class StepSampler(Sampler):
     def __init__(self, n: int, global_batch: int, seed: int, start_step: int = 0, total_steps: int | None = None,
                  rank: int = 0, world: int = 1) -> None:
         if n < global_batch:
-            raise LgtError(f"the data has {n} images, fewer than one global batch of {global_batch}; lower --batch-size")
+            raise SettingsError(f"the data has {n} images, fewer than one global batch of {global_batch}; lower --batch-size")
         if global_batch % world:
-            raise LgtError(f"--batch-size {global_batch} does not split evenly over {world} processes")
+            raise SettingsError(f"--batch-size {global_batch} does not split evenly over {world} processes")
         self.n, self.global_batch, self.seed = n, global_batch, seed
         self.start_step, self.total_steps, self.rank, self.world = start_step, total_steps, rank, world
         self.steps_per_epoch = n // global_batch

@@ -26,7 +26,7 @@ from learngene_tools.distillation.config import DistillSettings, RunOptions, lr_
 from learngene_tools.distillation.data import ImageFolder, StepSampler, SyntheticImages, collate_skipping
 from learngene_tools.distillation.loss import DistillLoss
 from learngene_tools.distillation.teacher import build_teacher
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import ModelError, NotFoundError, OutputError, SettingsError, TrainingError
 from learngene_tools.extraction.aux_checkpoint import save_aux
 from learngene_tools.extraction.auxiliary import AuxNet, create_aux
 
@@ -107,7 +107,7 @@ def _init_distributed(device_hint: str | None) -> tuple[_Dist, torch.device]:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_hint != "cpu"
     if device_hint and device_hint != "cpu" and not torch.cuda.is_available():
-        raise LgtError(f"--device {device_hint}: no CUDA device is available here")
+        raise SettingsError(f"--device {device_hint}: no CUDA device is available here")
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -144,7 +144,7 @@ def _teacher_channels(teacher: nn.Module, s: DistillSettings, device: torch.devi
         feats = teacher(torch.zeros(1, 3, s.img_size, s.img_size, device=device))
     for f, r in zip(feats, (4, 8, 16)):
         if f.shape[-1] != s.img_size // r:
-            raise LgtError(
+            raise ModelError(
                 f"teacher tap gives a {f.shape[-2]}x{f.shape[-1]} map at {s.img_size} px, expected stride {r} "
                 f"({s.img_size // r}x{s.img_size // r}); pick the taps with --taps"
             )
@@ -167,19 +167,19 @@ def _check_work_dir(opts: RunOptions, settings: DistillSettings) -> dict[str, An
     state_path = opts.work_dir / STATE_FILE
     if not state_path.exists():
         if opts.resume:
-            raise LgtError(f"{state_path}: nothing to resume (no checkpoint in {opts.work_dir}); run without --resume")
+            raise NotFoundError(f"{state_path}: nothing to resume (no checkpoint in {opts.work_dir}); run without --resume")
         return None
     if not opts.resume:
         if opts.force:
             return None
-        raise LgtError(f"{opts.work_dir} holds an earlier run (step checkpoint {STATE_FILE}); "
+        raise OutputError(f"{opts.work_dir} holds an earlier run (step checkpoint {STATE_FILE}); "
                        "pass --resume to continue it or --force to start over")
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     saved = json.loads(state["settings"])
     now = json.loads(json.dumps(settings.to_json()))
     diff = sorted(k for k in set(saved) | set(now) if k != "steps" and saved.get(k) != now.get(k))
     if diff:
-        raise LgtError(f"--resume: settings differ from the saved run in {', '.join(diff)}; "
+        raise SettingsError(f"--resume: settings differ from the saved run in {', '.join(diff)}; "
                        "use the same settings (only --steps may change) or another --work-dir")
     return state
 
@@ -239,13 +239,13 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
         opt.load_state_dict(state["optimizer"])
         step, images_seen, skipped = int(state["step"]), int(state["images_seen"]), int(state["skipped_images"])
     if step >= s.steps:
-        raise LgtError(f"the run in {opts.work_dir} already reached step {step} of --steps {s.steps}; raise --steps to go on")
+        raise SettingsError(f"the run in {opts.work_dir} already reached step {step} of --steps {s.steps}; raise --steps to go on")
     model: nn.Module = student
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     fwd = torch.compile(model) if s.compile else model
 
-    ancestry_desc = {**teacher_desc, "checkpoint": opts.ancestry.name if opts.ancestry else None,
+    ancestry_desc = {**teacher_desc, "checkpoint": Path(opts.ancestry).name if opts.ancestry else None,
                      "checkpoint_sha256": _sha256(opts.ancestry) if (opts.ancestry and d.main) else None}
     metrics_path = opts.work_dir / METRICS_FILE
     if state is None and d.main and metrics_path.exists():
@@ -276,13 +276,13 @@ def distill(settings: DistillSettings, opts: RunOptions) -> dict[str, Any]:
         if flag.item():
             kept = f"the last good checkpoint is kept in {opts.work_dir / STATE_FILE}" \
                 if (opts.work_dir / STATE_FILE).exists() else "no checkpoint had been written yet"
-            raise LgtError(f"loss or weights became NaN/inf by step {at}; {kept}; "
+            raise TrainingError(f"loss or weights became NaN/inf by step {at}; {kept}; "
                            "lower --lr or use --precision fp32, then --resume (or --force to start over)")
 
     student.train()
     for x, n_bad in _loader(s, step, d, opts.num_workers, device):
         if x.numel() == 0:
-            raise LgtError(f"a whole batch of images failed to decode at step {step}; check the files under {s.data}")
+            raise TrainingError(f"a whole batch of images failed to decode at step {step}; check the files under {s.data}")
         x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         loss, per = train_step(teacher, student, fwd, opt, x, lr_at(step, s), s.grad_clip, bf16)
         bad |= ~torch.isfinite(loss)

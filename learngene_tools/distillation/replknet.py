@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import InvalidFileError, ModelError, SettingsError
 
 BN_EPS = 1e-5  # nn.BatchNorm2d's default, which the released models were trained with
 ORIGIN_URL = "https://github.com/DingXiaoH/RepLKNet-pytorch"
@@ -100,7 +100,7 @@ def _merged_kernel_bias(get: Callable[[str], torch.Tensor | None], eps: float) -
         small_k, small_b = folded("small_conv")
         big, small = kernel.shape[-1], small_k.shape[-1]
         if small > big or (big - small) % 2:
-            raise LgtError(f"cannot centre a {small}x{small} kernel in a {big}x{big} one (sizes must be odd, small <= large)")
+            raise SettingsError(f"cannot centre a {small}x{small} kernel in a {big}x{big} one (sizes must be odd, small <= large)")
         pad = (big - small) // 2
         kernel = kernel + nn.functional.pad(small_k, [pad] * 4)
         bias = bias + small_b
@@ -425,7 +425,7 @@ def merge_state_dict(state: Mapping[str, torch.Tensor], eps: float = BN_EPS) -> 
 
         missing = [n for n in ("weight", "bias", "running_mean", "running_var") if get(f"lkb_origin.bn.{n}") is None]
         if missing:
-            raise LgtError(f"checkpoint: {p}.lkb_origin.bn lacks {', '.join(missing)}; cannot merge it")
+            raise InvalidFileError(f"checkpoint: {p}.lkb_origin.bn lacks {', '.join(missing)}; cannot merge it")
         kernel, bias = _merged_kernel_bias(get, eps)
         dtype = state[p + suffix].dtype
         out[p + ".lkb_reparam.weight"] = kernel.to(dtype)
@@ -472,12 +472,12 @@ def load_replknet_state(model: "RepLKNet", state: Mapping[str, torch.Tensor], so
     """
     ckpt_form, model_form = _form(state), ("merged" if model.merged else "training")
     if ckpt_form == "none":
-        raise LgtError(f"{source}: not a RepLKNet checkpoint (no `large_kernel.lkb_origin` / `lkb_reparam` keys; "
+        raise InvalidFileError(f"{source}: not a RepLKNet checkpoint (no `large_kernel.lkb_origin` / `lkb_reparam` keys; "
                        f"first keys: {', '.join(list(state)[:3])})")
     if ckpt_form == "mixed":
-        raise LgtError(f"{source}: mixes merged (`lkb_reparam`) and training-form (`lkb_origin`) large kernels")
+        raise InvalidFileError(f"{source}: mixes merged (`lkb_reparam`) and training-form (`lkb_origin`) large kernels")
     if ckpt_form == "merged" and model_form == "training":
-        raise LgtError(f"{source}: is a merged (re-parameterised) RepLKNet checkpoint, which cannot be turned back into "
+        raise ModelError(f"{source}: is a merged (re-parameterised) RepLKNet checkpoint, which cannot be turned back into "
                        "the training form; build the model with merged=True, e.g. "
                        "timm.create_model('replknet_31b', merged=True)")
     merged_on_load = ckpt_form == "training" and model_form == "merged"
@@ -504,7 +504,7 @@ def load_replknet_state(model: "RepLKNet", state: Mapping[str, torch.Tensor], so
         hint = f"; the checkpoint looks like {guess}" if guess else ""
         if wrong == ["head.weight", "head.bias"] or wrong == ["head.weight"]:
             hint += f"; build the model with num_classes={state['head.weight'].shape[0]} (or 0 to drop the head)"
-        raise LgtError(f"{source}: does not match this RepLKNet: {'; '.join(parts)}{hint}")
+        raise ModelError(f"{source}: does not match this RepLKNet: {'; '.join(parts)}{hint}")
     model.load_state_dict(state, strict=True)
     return {"checkpoint_form": ckpt_form, "merged_on_load": merged_on_load}
 
@@ -552,7 +552,7 @@ def _register() -> None:
     def make(name: str, cfg: RepLKNetConfig) -> Callable[..., RepLKNet]:
         def factory(pretrained: bool = False, **kwargs: Any) -> RepLKNet:
             if pretrained:
-                raise LgtError(f"{name}: timm cannot download RepLKNet weights; build it with pretrained=False and "
+                raise ModelError(f"{name}: timm cannot download RepLKNet weights; build it with pretrained=False and "
                                "load the released .pth with learngene_tools.distillation.ancestry.load_ancestry_checkpoint")
             return build_model_with_cfg(
                 RepLKNet, name, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2)),

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import ModelError
 
 TAP_REDUCTIONS = (4, 8, 16)
 
@@ -27,7 +27,7 @@ class Teacher(nn.Module):
         modules = dict(model.named_modules())
         missing = [t for t in self.taps if t not in modules]
         if missing:
-            raise LgtError(f"teacher has no module named {', '.join(missing)} (taps are module names such as layer2)")
+            raise ModelError(f"teacher has no module named {', '.join(missing)} (taps are module names such as layer2)")
         self._out: dict[str, torch.Tensor] = {}
         for name in self.taps:
             modules[name].register_forward_hook(self._hook(name))
@@ -48,11 +48,11 @@ class Teacher(nn.Module):
             pass
         missing = [t for t in self.taps if t not in self._out]
         if missing:
-            raise LgtError(f"teacher taps {missing} were not reached in the forward pass")
+            raise ModelError(f"teacher taps {missing} were not reached in the forward pass")
         feats, self._out = [self._out[t] for t in self.taps], {}
         for name, f in zip(self.taps, feats):
             if f.ndim != 4:
-                raise LgtError(f"teacher tap {name} gave a {f.ndim}-d output {tuple(f.shape)}; taps must give NCHW maps")
+                raise ModelError(f"teacher tap {name} gave a {f.ndim}-d output {tuple(f.shape)}; taps must give NCHW maps")
         return feats
 
 
@@ -97,7 +97,7 @@ def trace_taps(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
     for r in TAP_REDUCTIONS:
         names = [n for n, red in seen if red == r]
         if not names:
-            raise LgtError(f"the teacher has no module with output stride {r}; name its stages with --taps")
+            raise ModelError(f"the teacher has no module with output stride {r}; name its stages with --taps")
         # the outermost modules are the stages/blocks; inner ones may be the next block's expansion
         depth = min(n.count(".") for n in names)
         taps.append([n for n in names if n.count(".") == depth][-1])

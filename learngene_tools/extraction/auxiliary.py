@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learngene_tools.errors import LgtError, SettingsError
+from learngene_tools.errors import InvalidFileError, SettingsError
 from learngene_tools.settings import setting
 
 _CONV_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.conv\.weight$")
@@ -130,7 +130,7 @@ def config_from_state_dict(state: dict[str, torch.Tensor], source: str = "checkp
         if m:
             layers.setdefault(int(m[1]), {})[int(m[2])] = tuple(v.shape)
     if sorted(layers) != [0, 1, 2] or any(sorted(s) != list(range(len(s))) for s in layers.values()):
-        raise LgtError(
+        raise InvalidFileError(
             f"{source}: not a learngene_tools auxiliary model (expected keys stages.<0-2>.<j>.conv.weight); "
             "train one with `lgt distill` or build it with timm.create_model('lgt_aux_base')"
         )

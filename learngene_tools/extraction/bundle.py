@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from learngene_tools.errors import LgtError
-from learngene_tools.io.header import SafetensorsHeader, parse_header, read_header, tensor_hash
+from learngene_tools.errors import InvalidFileError, LgtError, NotFoundError
+from learngene_tools.io.header import SafetensorsHeader, looks_like_safetensors, parse_header, read_header, tensor_hash
 
 SCHEMA_KEY = "learngene.schema"
 LAYERS_KEY = "learngene.layers"
@@ -101,16 +101,16 @@ class Bundle:
         return sum(r.shape[0] * r.shape[1] * r.shape[2] * r.shape[3] for r in self.layers)
 
 
-def _bundle_from_header(header: SafetensorsHeader) -> Bundle:
+def bundle_from_header(header: SafetensorsHeader) -> Bundle:
     """Validate a bundle's metadata against its header's tensors; no tensor data is read."""
     src, meta = header.source, header.metadata
     if SCHEMA_KEY not in meta:
-        raise LgtError(
+        raise InvalidFileError(
             f"{src}: not a learngene bundle (no '{SCHEMA_KEY}' in its metadata); "
             "make one with `lgt select AUX.safetensors` or `lgt extract`"
         )
     if meta[SCHEMA_KEY] != SCHEMA_VERSION:
-        raise LgtError(
+        raise InvalidFileError(
             f"{src}: bundle schema version {meta[SCHEMA_KEY]!r} is not supported (this lgt reads {SCHEMA_VERSION!r}); "
             "upgrade learngene_tools or re-export the bundle"
         )
@@ -118,32 +118,32 @@ def _bundle_from_header(header: SafetensorsHeader) -> Bundle:
         raw_layers = json.loads(meta.get(LAYERS_KEY, ""))
         provenance = json.loads(meta.get(PROVENANCE_KEY, ""))
     except json.JSONDecodeError as e:
-        raise LgtError(f"{src}: bad bundle metadata JSON ({e.msg} at char {e.pos}); the file is damaged, re-export it") from None
+        raise InvalidFileError(f"{src}: bad bundle metadata JSON ({e.msg} at char {e.pos}); the file is damaged, re-export it") from None
     if not isinstance(raw_layers, list) or not raw_layers or not isinstance(provenance, dict):
-        raise LgtError(f"{src}: bad bundle metadata ('{LAYERS_KEY}' must be a non-empty list, '{PROVENANCE_KEY}' an object)")
+        raise InvalidFileError(f"{src}: bad bundle metadata ('{LAYERS_KEY}' must be a non-empty list, '{PROVENANCE_KEY}' an object)")
     layers = []
     for i, d in enumerate(raw_layers):
         try:
             layers.append(LayerRecord.from_json(d))
         except (KeyError, TypeError, ValueError) as e:
-            raise LgtError(f"{src}: bad bundle metadata: layer record {i} is malformed ({type(e).__name__}: {e})") from None
+            raise InvalidFileError(f"{src}: bad bundle metadata: layer record {i} is malformed ({type(e).__name__}: {e})") from None
     expected: set[str] = set()
     for r in layers:
         if len(r.l2_norms) != r.shape[0]:
-            raise LgtError(f"{src}: bad bundle metadata: layer {r.id} has {len(r.l2_norms)} norms for {r.shape[0]} kernels")
+            raise InvalidFileError(f"{src}: bad bundle metadata: layer {r.id} has {len(r.l2_norms)} norms for {r.shape[0]} kernels")
         for name in r.tensor_names():
             e = header.tensors.get(name)
             if e is None:
-                raise LgtError(f"{src}: invalid bundle: tensor {name!r} of layer {r.id} is missing")
+                raise InvalidFileError(f"{src}: invalid bundle: tensor {name!r} of layer {r.id} is missing")
             want = r.shape if name == r.weight_name else (r.shape[0],)
             if e.shape != tuple(want):
-                raise LgtError(f"{src}: invalid bundle: tensor {name!r} has shape {list(e.shape)}, its record says {list(want)}")
+                raise InvalidFileError(f"{src}: invalid bundle: tensor {name!r} has shape {list(e.shape)}, its record says {list(want)}")
             expected.add(name)
     extra = sorted(set(header.tensors) - expected)
     if extra:
-        raise LgtError(f"{src}: invalid bundle: tensors {', '.join(extra[:5])} belong to no layer record")
+        raise InvalidFileError(f"{src}: invalid bundle: tensors {', '.join(extra[:5])} belong to no layer record")
     if "tensor_hash" not in provenance:
-        raise LgtError(f"{src}: invalid bundle: provenance has no tensor_hash")
+        raise InvalidFileError(f"{src}: invalid bundle: provenance has no tensor_hash")
     return Bundle(src, tuple(layers), provenance, header)
 
 
@@ -152,7 +152,7 @@ def verify_hash(bundle: Bundle, f: Any) -> None:
     assert bundle.header is not None
     got = tensor_hash(f, bundle.header)
     if got != bundle.provenance["tensor_hash"]:
-        raise LgtError(
+        raise InvalidFileError(
             f"{bundle.source}: corrupted bundle: tensor bytes hash to {got[:19]}…, the bundle records "
             f"{str(bundle.provenance['tensor_hash'])[:19]}…; download or export it again"
         )
@@ -161,17 +161,17 @@ def verify_hash(bundle: Bundle, f: Any) -> None:
 def read_bundle_header(path: str | Path, verify: bool = True) -> Bundle:
     """Read and validate a bundle's header (and, with `verify`, its tensor hash) without loading tensors."""
     if not Path(path).is_file():
-        raise LgtError(f"{path}: no such file" if not Path(path).exists() else f"{path}: is not a file")
+        raise NotFoundError(f"{path}: no such file" if not Path(path).exists() else f"{path}: is not a file")
     try:
         header = read_header(path)
     except LgtError as e:
         with open(path, "rb") as f:
             head = f.read(2)
         if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise LgtError(f"{path}: is a PyTorch checkpoint, not a learngene bundle; the bundle (the .safetensors "
+            raise InvalidFileError(f"{path}: is a PyTorch checkpoint, not a learngene bundle; the bundle (the .safetensors "
                            "file `lgt select`/`lgt extract` writes) comes first: lgt transplant BUNDLE TARGET") from None
-        raise LgtError(f"{e}; a learngene bundle is the .safetensors file `lgt select` or `lgt extract` writes") from None
-    bundle = _bundle_from_header(header)
+        raise InvalidFileError(f"{e}; a learngene bundle is the .safetensors file `lgt select` or `lgt extract` writes") from None
+    bundle = bundle_from_header(header)
     if verify:
         with open(path, "rb") as f:
             verify_hash(bundle, f)
@@ -205,7 +205,7 @@ def encode_bundle(layers: list[LayerRecord], tensors: Mapping[str, Any], provena
 
     draft = serialise({**provenance, "tensor_hash": ""})
     final = serialise({**provenance, "tensor_hash": tensor_hash(io.BytesIO(draft), header_of(draft))})
-    _bundle_from_header(header_of(final))
+    bundle_from_header(header_of(final))
     return final
 
 
@@ -216,3 +216,38 @@ def write_bundle(path: str | Path, layers: list[LayerRecord], tensors: Mapping[s
     data = encode_bundle(layers, tensors, provenance)
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(data)
+
+
+def _stats(xs: tuple[float, ...]) -> dict[str, float]:
+    return {"min": min(xs), "mean": sum(xs) / len(xs), "max": max(xs)}
+
+
+def bundle_summary(bundle: Bundle, verified: bool) -> dict[str, Any]:
+    """JSON-ready description of a bundle (header data only)."""
+    return {
+        "kind": "learngene bundle",
+        "file": bundle.source,
+        "size_bytes": bundle.header.file_size if bundle.header else None,
+        "schema": SCHEMA_VERSION,
+        "tensor_hash": bundle.provenance.get("tensor_hash"),
+        "hash_verified": verified,
+        "params": bundle.num_params,
+        "stages": bundle.stages,
+        "layers": [
+            {"id": r.id, "stage": r.stage, "position": r.position, "run_length": r.run_length, "anchor": r.anchor,
+             "shape": list(r.shape), "stride": r.stride, "reduction": r.reduction, "source_key": r.source_key,
+             "has_bn": r.has_bn, "l2_norm": _stats(r.l2_norms)}
+            for r in bundle.layers
+        ],
+        "provenance": bundle.provenance,
+    }
+
+
+def is_bundle_file(path: str | Path) -> bool:
+    """True when `path` is a safetensors file whose metadata marks it as a learngene bundle."""
+    return looks_like_safetensors(path) and SCHEMA_KEY in read_header(path).metadata
+
+
+def describe_bundle(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Describe a local bundle from its header; `verify` also re-hashes the tensor bytes (no torch needed)."""
+    return bundle_summary(read_bundle_header(path, verify=verify), verified=verify)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from learngene_tools import __version__
-from learngene_tools.errors import LgtError, SettingsError
+from learngene_tools.errors import SettingsError
 from learngene_tools.extraction.aux_checkpoint import load_aux
 from learngene_tools.extraction.auxiliary import AuxConfig
 from learngene_tools.extraction.bundle import BN_PARTS, LayerRecord, write_bundle
@@ -60,7 +60,7 @@ def select_learngene(
         layers = stage_layers[stage]
         n = len(layers) if settings.run_length is None else settings.run_length
         if n > len(layers):
-            raise LgtError(f"--run-length {n} is longer than stage {stage}, which has {len(layers)} layers")
+            raise SettingsError(f"--run-length {n} is longer than stage {stage}, which has {len(layers)} layers")
         anchor = _anchor(stage)
         run = layers[:n] if anchor == "start" else layers[len(layers) - n :]
         for pos, (j, stride, in_red) in enumerate(run):

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Mapping
 
 import torch
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import InvalidFileError, NotFoundError, OutputError, UnsafeInputError
 from learngene_tools.io.files import atomic_path
 from learngene_tools.io.header import SafetensorsHeader, encode_header, looks_like_safetensors, read_header
 from learngene_tools.io.tensors import ST_TO_TORCH, TORCH_TO_ST, tensor_bytes, write_safetensors
@@ -132,16 +132,16 @@ def torch_load(path: Path, trust_pickle: bool = False) -> Any:
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(path, e) if not trust_pickle else []
         if names:
-            raise LgtError(
+            raise UnsafeInputError(
                 f"{path}: refusing to unpickle untrusted globals {', '.join(names)}; "
                 "if you trust this file, pass --trust-pickle"
             ) from None
-        raise LgtError(f"{path}: not a readable PyTorch checkpoint (damaged or truncated pickle)") from None
+        raise InvalidFileError(f"{path}: not a readable PyTorch checkpoint (damaged or truncated pickle)") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, ImportError,
             IndexError, KeyError, TypeError, struct.error, MemoryError, OverflowError) as e:
         # a damaged pickle fails in many ways; none of them is the user's fault to debug
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LgtError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
+        raise InvalidFileError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
 
 
 def sniff_format(path: Path) -> str:
@@ -154,14 +154,14 @@ def sniff_format(path: Path) -> str:
         return "pickle"
     if path.suffix in SAFETENSORS_SUFFIXES:
         read_header(path)  # raises the precise reason (truncated, bad JSON, ...)
-    raise LgtError(f"{path}: not a checkpoint (expected a .safetensors file or a torch.save pickle)")
+    raise InvalidFileError(f"{path}: not a checkpoint (expected a .safetensors file or a torch.save pickle)")
 
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise LgtError(f"{path}: no such file")
+        raise NotFoundError(f"{path}: no such file")
     if path.is_dir():
-        raise LgtError(f"{path}: is a directory, expected a checkpoint file")
+        raise InvalidFileError(f"{path}: is a directory, expected a checkpoint file")
 
 
 def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
@@ -175,7 +175,7 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
         prefix = common_prefix(keys)
         unknown = sorted({e.dtype for e in header.tensors.values()} - set(ST_TO_TORCH))
         if unknown:
-            raise LgtError(f"{path}: unsupported tensor dtypes {', '.join(unknown)}")
+            raise InvalidFileError(f"{path}: unsupported tensor dtypes {', '.join(unknown)}")
         return Checkpoint(
             source=str(path), fmt=fmt, path=path, prefix=prefix, metadata=dict(header.metadata), _header=header,
             shapes={k[len(prefix):]: e.shape for k, e in header.tensors.items()},
@@ -183,11 +183,11 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
         )
     obj = torch_load(path, trust_pickle)
     if isinstance(obj, torch.nn.Module):
-        raise LgtError(f"{path}: holds a whole pickled nn.Module; save `model.state_dict()` instead and pass that")
+        raise InvalidFileError(f"{path}: holds a whole pickled nn.Module; save `model.state_dict()` instead and pass that")
     found = find_state_dict(obj)
     if found is None:
         top = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
-        raise LgtError(
+        raise InvalidFileError(
             f"{path}: no state_dict found (looked at the top level and under {', '.join(WRAPPER_KEYS)}; top level has {top})"
         )
     state, wrapper = found
@@ -215,11 +215,11 @@ def output_format(ckpt: Checkpoint, out: Path) -> str:
     by_ext = "safetensors" if out.suffix in SAFETENSORS_SUFFIXES else "pickle" if out.suffix in PICKLE_SUFFIXES else None
     if ckpt.fmt == "model":
         if by_ext is None:
-            raise LgtError(f"{out}: choose an output name ending in .safetensors, .pt, .pth or .bin")
+            raise OutputError(f"{out}: choose an output name ending in .safetensors, .pt, .pth or .bin")
         return by_ext
     if by_ext is not None and by_ext != ckpt.fmt:
         want = ".safetensors" if ckpt.fmt == "safetensors" else ".pt/.pth/.bin"
-        raise LgtError(f"{out}: the target is a {ckpt.fmt} checkpoint and is written back as one; name the output {want}")
+        raise OutputError(f"{out}: the target is a {ckpt.fmt} checkpoint and is written back as one; name the output {want}")
     return ckpt.fmt
 
 
@@ -232,7 +232,7 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
             while length > 0:
                 n = copy_file_range(src.fileno(), dst.fileno(), min(length, 1 << 30), offset)
                 if n == 0:
-                    raise LgtError(f"{src.name}: file ended early; it may have been truncated while being read")
+                    raise InvalidFileError(f"{src.name}: file ended early; it may have been truncated while being read")
                 offset, length = offset + n, length - n
             dst.seek(0, os.SEEK_END)
             return
@@ -243,7 +243,7 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
     while length > 0:
         chunk = src.read(min(length, 16 << 20))
         if not chunk:
-            raise LgtError(f"{src.name}: file ended early; it may have been truncated while being read")
+            raise InvalidFileError(f"{src.name}: file ended early; it may have been truncated while being read")
         dst.write(chunk)
         length -= len(chunk)
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import OutputError
 
 _CHUNK = 1 << 20
 
@@ -17,13 +17,13 @@ def check_output(out: Path, inputs: list[Path], force: bool) -> None:
     """Refuse to clobber an input, or an existing output without --force, before any work is done."""
     for p in inputs:
         if out.exists() and p.exists() and out.resolve() == p.resolve():
-            raise LgtError(f"{out}: is an input; inputs are never modified, choose another output path")
+            raise OutputError(f"{out}: is an input; inputs are never modified, choose another output path")
     if out.is_dir():
-        raise LgtError(f"{out}: is a directory; give a file name")
+        raise OutputError(f"{out}: is a directory; give a file name")
     if out.exists() and not force:
-        raise LgtError(f"{out}: already exists; pass --force to overwrite it")
+        raise OutputError(f"{out}: already exists; pass --force to overwrite it")
     if not out.parent.exists():
-        raise LgtError(f"{out.parent}: output folder does not exist")
+        raise OutputError(f"{out.parent}: output folder does not exist")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import InvalidFileError
 
 # Bytes per element of every safetensors dtype we know; unknown dtypes are accepted
 # (newer safetensors may add some) but their sizes cannot be checked.
@@ -67,12 +67,12 @@ def parse_header(raw: bytes, file_size: int, source: str) -> SafetensorsHeader:
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LgtError(f"{source}: not a valid safetensors file (header is not JSON: {e.msg if hasattr(e, 'msg') else e})") from None
+        raise InvalidFileError(f"{source}: not a valid safetensors file (header is not JSON: {e.msg if hasattr(e, 'msg') else e})") from None
     if not isinstance(obj, dict):
-        raise LgtError(f"{source}: not a valid safetensors file (header is not a JSON object)")
+        raise InvalidFileError(f"{source}: not a valid safetensors file (header is not a JSON object)")
     metadata = obj.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise LgtError(f"{source}: not a valid safetensors file (__metadata__ must map strings to strings)")
+        raise InvalidFileError(f"{source}: not a valid safetensors file (__metadata__ must map strings to strings)")
     entries = []
     for name, info in obj.items():
         try:
@@ -80,12 +80,12 @@ def parse_header(raw: bytes, file_size: int, source: str) -> SafetensorsHeader:
             shape = tuple(int(d) for d in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise LgtError(f"{source}: not a valid safetensors file (bad header entry for tensor {name!r})") from None
+            raise InvalidFileError(f"{source}: not a valid safetensors file (bad header entry for tensor {name!r})") from None
         if begin < 0 or end < begin or any(d < 0 for d in shape):
-            raise LgtError(f"{source}: not a valid safetensors file (bad offsets or shape for tensor {name!r})")
+            raise InvalidFileError(f"{source}: not a valid safetensors file (bad offsets or shape for tensor {name!r})")
         size = DTYPE_SIZES.get(dtype)
         if size is not None and (end - begin) != _numel(shape) * size:
-            raise LgtError(
+            raise InvalidFileError(
                 f"{source}: corrupted safetensors file: tensor {name!r} has {end - begin} bytes "
                 f"but {dtype}{list(shape)} needs {_numel(shape) * size}"
             )
@@ -94,10 +94,10 @@ def parse_header(raw: bytes, file_size: int, source: str) -> SafetensorsHeader:
     pos = data_start
     for e in entries:
         if e.start != pos:
-            raise LgtError(f"{source}: corrupted safetensors file: tensor {e.name!r} overlaps or leaves a gap in the data")
+            raise InvalidFileError(f"{source}: corrupted safetensors file: tensor {e.name!r} overlaps or leaves a gap in the data")
         pos = e.end
     if pos > file_size:
-        raise LgtError(
+        raise InvalidFileError(
             f"{source}: truncated safetensors file: the header needs {pos} bytes but the file has {file_size}; "
             "download or write it again"
         )
@@ -107,10 +107,10 @@ def parse_header(raw: bytes, file_size: int, source: str) -> SafetensorsHeader:
 def header_length(first8: bytes, file_size: int, source: str) -> int:
     """Decode and sanity-check the 8-byte little-endian header length that opens a safetensors file."""
     if len(first8) < 8:
-        raise LgtError(f"{source}: not a safetensors file (only {len(first8)} bytes)")
+        raise InvalidFileError(f"{source}: not a safetensors file (only {len(first8)} bytes)")
     (n,) = struct.unpack("<Q", first8)
     if n > MAX_HEADER_BYTES or n + 8 > file_size:
-        raise LgtError(f"{source}: not a valid safetensors file (header length {n} does not fit a file of {file_size} bytes)")
+        raise InvalidFileError(f"{source}: not a valid safetensors file (header length {n} does not fit a file of {file_size} bytes)")
     return n
 
 
@@ -123,7 +123,7 @@ def read_header(path: str | Path) -> SafetensorsHeader:
             n = header_length(f.read(8), size, str(path))
             raw = f.read(n)
     except OSError as e:
-        raise LgtError(f"{path}: cannot read ({e.strerror})") from None
+        raise InvalidFileError(f"{path}: cannot read ({e.strerror})") from None
     return parse_header(raw, size, str(path))
 
 
@@ -152,7 +152,7 @@ def tensor_hash(f: BinaryIO, header: SafetensorsHeader) -> str:
         while left:
             chunk = f.read(min(_CHUNK, left))
             if not chunk:
-                raise LgtError(f"{header.source}: truncated safetensors file (data ends inside tensor {name!r})")
+                raise InvalidFileError(f"{header.source}: truncated safetensors file (data ends inside tensor {name!r})")
             h.update(chunk)
             left -= len(chunk)
     return "sha256:" + h.hexdigest()

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import ModelError
 
 HEAD_NAMES = frozenset({
     "head", "heads", "fc", "classifier", "aux_classifier", "pre_logits", "decoder", "segmentation_head",
@@ -203,7 +203,7 @@ def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict
             fwd = getattr(model, "forward_features", None)
             (fwd if callable(fwd) else model)(x)
     except Exception as e:  # a model may reject the dummy input: say so plainly
-        raise LgtError(f"the --arch model failed on a dummy input of shape {list(x.shape)}: {type(e).__name__}: {e}") from None
+        raise ModelError(f"the --arch model failed on a dummy input of shape {list(x.shape)}: {type(e).__name__}: {e}") from None
     finally:
         for h in handles:
             h.remove()
@@ -249,10 +249,10 @@ def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict
             continue
         key = name + ".weight"
         if key not in shapes:
-            raise LgtError(f"the --arch model has conv {key!r} that the target checkpoint lacks; is --arch the right model?")
+            raise ModelError(f"the --arch model has conv {key!r} that the target checkpoint lacks; is --arch the right model?")
         shape = tuple(mod.weight.shape)
         if shapes[key] != shape:
-            raise LgtError(f"the --arch model's {key} is {list(shape)} but the target's is {list(shapes[key])}; is --arch the right model?")
+            raise ModelError(f"the --arch model's {key} is {list(shape)} but the target's is {list(shapes[key])}; is --arch the right model?")
         traced = mod in seen
         reduction = bn = producer = None
         if traced:
