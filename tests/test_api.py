@@ -94,12 +94,15 @@ def test_select_from_an_aux_model_then_describe(aux_tiny_file: Path, tmp_path: P
         SelectionSettings(stages=(4,))
 
 
-def test_plan_apply_and_transplant(bundle_tiny: Path, tmp_path: Path):
-    sys.path.insert(0, str(TESTS))
-    try:
-        import tinymodels
-    finally:
-        sys.path.remove(str(TESTS))
+@pytest.fixture
+def tests_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/ on sys.path: specs such as `tinymodels:tiny_vgg` name a module of the tests."""
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+def test_plan_apply_and_transplant(bundle_tiny: Path, tmp_path: Path, tests_importable: None):
+    import tinymodels
+
     target = tmp_path / "vgg.pth"
     torch.save(tinymodels.tiny_vgg().state_dict(), target)
     plan = plan_transplant(bundle_tiny, target, TransplantSettings(seed=1))
@@ -120,25 +123,18 @@ def test_plan_apply_and_transplant(bundle_tiny: Path, tmp_path: Path):
         plan_transplant(target, target)  # a checkpoint where the bundle goes
 
 
-def test_distill_and_extract_on_cpu(tmp_path: Path):
-    sys.path.insert(0, str(TESTS))
-    try:
-        import tinymodels
-    finally:
-        sys.path.remove(str(TESTS))
+def test_distill_and_extract_on_cpu(tmp_path: Path, tests_importable: None):
+    import tinymodels
+
     teacher = tmp_path / "teacher.pth"
     torch.save(tinymodels.tiny_vgg().state_dict(), teacher)
     settings = DistillSettings(arch="tinymodels:tiny_vgg", aux=AuxConfig(widths=(8, 16, 32), depths=(2, 2, 2)),
                                loss=LossSettings(alphas=(1.0, 0.0, 1.0)), img_size=32, batch_size=4, steps=2,
                                warmup_steps=1, synthetic_length=16)
-    sys.path.insert(0, str(TESTS))  # the spec names a module of the tests
-    try:
-        summary = distill(settings, RunOptions(ancestry=str(teacher), work_dir=tmp_path / "w", num_workers=0))
-        assert summary["steps"] == 2 and Path(summary["aux_path"]).is_file()
-        out = extract(settings, RunOptions(ancestry=str(teacher), work_dir=tmp_path / "w2", num_workers=0),
-                      tmp_path / "lg.safetensors")
-    finally:
-        sys.path.remove(str(TESTS))
+    summary = distill(settings, RunOptions(ancestry=str(teacher), work_dir=tmp_path / "w", num_workers=0))
+    assert summary["steps"] == 2 and Path(summary["aux_path"]).is_file()
+    out = extract(settings, RunOptions(ancestry=str(teacher), work_dir=tmp_path / "w2", num_workers=0),
+                  tmp_path / "lg.safetensors")
     assert out["bundle"] == tmp_path / "lg.safetensors" and read_bundle(out["bundle"]).layers
 
 
