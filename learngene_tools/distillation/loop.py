@@ -37,12 +37,12 @@ from learngene_tools.distillation.state import (
     save_state,
 )
 from learngene_tools.distillation.teacher import Teacher, build_teacher
-from learngene_tools.errors import ModelError, SettingsError, TrainingError
+from learngene_tools.errors import ModelError, OutputError, SettingsError, TrainingError
 from learngene_tools.extraction.aux_checkpoint import save_aux
 from learngene_tools.extraction.auxiliary import AuxNet, create_aux
 
-__all__ = ["AUX_FILE", "METRICS_FILE", "STATE_FILE", "Run", "ScheduleWarning", "Student", "distill",
-           "make_optimizer", "speed_settings", "teacher_features", "train_step"]
+__all__ = ["AUX_FILE", "METRICS_FILE", "STATE_FILE", "Run", "ScheduleWarning", "Student", "distill", "load_teacher",
+           "make_optimizer", "memory_format_for", "speed_settings", "teacher_features", "train_step", "use_bf16"]
 
 AUX_FILE = "aux.safetensors"
 
@@ -94,6 +94,17 @@ def speed_settings(device: torch.device, bf16: bool) -> Iterator[None]:
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def memory_format_for(s: DistillSettings, device: torch.device) -> torch.memory_format:
+    """channels_last on GPU when the settings ask for it (the default), else the default layout."""
+    return torch.channels_last if s.channels_last and device.type == "cuda" else torch.contiguous_format
+
+
+def load_teacher(s: DistillSettings, opts: RunOptions, device: torch.device) -> tuple[Teacher, dict[str, Any]]:
+    """The frozen teacher on `device` in the run's memory format, and its description for provenance."""
+    teacher, desc = build_teacher(s.arch, opts.ancestry, s.taps, s.merged_teacher, opts.trust_pickle, s.img_size)
+    return teacher.to(device, memory_format=memory_format_for(s, device)), desc
 
 
 def teacher_features(teacher: nn.Module, x: torch.Tensor, bf16: bool) -> list[torch.Tensor]:
@@ -165,14 +176,14 @@ class Run:
     def setup(cls, settings: DistillSettings, opts: RunOptions, ctx: DistContext | None = None) -> Run:
         """Check the work folder, build the teacher, student and optimiser, and load the state to resume from."""
         ctx = ctx or DistContext.from_env(opts.device)
-        opts.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            opts.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{opts.work_dir}: cannot create the work folder ({e.strerror or e})") from None
         state = resume_point(opts, settings)
         ctx.barrier()
-        memory_format = torch.channels_last if settings.channels_last and ctx.device.type == "cuda" \
-            else torch.contiguous_format
-        teacher, teacher_desc = build_teacher(settings.arch, opts.ancestry, settings.taps, settings.merged_teacher,
-                                              opts.trust_pickle, settings.img_size)
-        teacher = teacher.to(ctx.device, memory_format=memory_format)
+        memory_format = memory_format_for(settings, ctx.device)
+        teacher, teacher_desc = load_teacher(settings, opts, ctx.device)
         t_chs = _teacher_channels(teacher, settings, ctx.device)
         effective = _with_normalisation(settings, teacher.model)
         student = _build_student(effective, t_chs, ctx, memory_format)
