@@ -188,24 +188,17 @@ class Run:
         effective = _with_normalisation(settings, teacher.model)
         student = _build_student(effective, t_chs, ctx, memory_format)
         optimizer = make_optimizer(student, effective, ctx.device)
-        run = cls(settings=settings, effective=effective, opts=opts, ctx=ctx, teacher=teacher, student=student,
-                  forward=_trained_form(student, effective, ctx), optimizer=optimizer,
-                  bf16=use_bf16(settings, ctx.device), memory_format=memory_format,
-                  ancestry=_ancestry_desc(teacher_desc, opts, ctx))
-        run._restore(state)
+        step, images_seen, skipped = _restore(student, optimizer, state)
+        if step >= settings.steps:
+            raise SettingsError(f"the run in {opts.work_dir} already reached step {step} of --steps {settings.steps}; "
+                                "raise --steps to go on")
         if ctx.is_main:
-            restart_metrics(opts.work_dir / METRICS_FILE, run.start_step if state is not None else None)
-        return run
-
-    def _restore(self, state: SavedState | None) -> None:
-        if state is not None:
-            self.student.load_state_dict(state.student)
-            self.optimizer.load_state_dict(state.optimizer)
-            self.step, self.images_seen, self.skipped_images = state.step, state.images_seen, state.skipped_images
-            self.start_step = state.step
-        if self.step >= self.settings.steps:
-            raise SettingsError(f"the run in {self.opts.work_dir} already reached step {self.step} of --steps "
-                                f"{self.settings.steps}; raise --steps to go on")
+            restart_metrics(opts.work_dir / METRICS_FILE, step if state is not None else None)
+        return cls(settings=settings, effective=effective, opts=opts, ctx=ctx, teacher=teacher, student=student,
+                   forward=_trained_form(student, effective, ctx), optimizer=optimizer,
+                   bf16=use_bf16(settings, ctx.device), memory_format=memory_format,
+                   ancestry=_ancestry_desc(teacher_desc, opts, ctx), step=step, images_seen=images_seen,
+                   skipped_images=skipped, start_step=step)
 
     def train_step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step at the run's current step's learning rate (counters unchanged)."""
@@ -350,6 +343,15 @@ def _build_student(s: DistillSettings, teacher_chs: list[int], ctx: DistContext,
     student = Student(create_aux(s.aux), DistillLoss(list(s.aux.widths), teacher_chs, s.loss))
     student = sync_batchnorm(student, ctx)
     return student.to(ctx.device, memory_format=memory_format)
+
+
+def _restore(student: Student, optimizer: torch.optim.Optimizer, state: SavedState | None) -> tuple[int, int, int]:
+    """Load a saved state into the student and optimiser; returns (step, images seen, skipped images)."""
+    if state is None:
+        return 0, 0, 0
+    student.load_state_dict(state.student)
+    optimizer.load_state_dict(state.optimizer)
+    return state.step, state.images_seen, state.skipped_images
 
 
 def _trained_form(student: Student, s: DistillSettings, ctx: DistContext) -> nn.Module:
