@@ -226,24 +226,25 @@ class Run:
             window.skipped += int(n_bad)
             at_checkpoint = self.step % opts.ckpt_every == 0 or self.step == s.steps
             if at_checkpoint or self.step % opts.log_every == 0:
-                self._log(window, time.perf_counter() - t_start)
+                self._log(window, t_start)
                 window = _Window()
             if at_checkpoint:
                 self.checkpoint()
 
-    def _log(self, window: _Window, elapsed: float) -> None:
+    def _log(self, window: _Window, t_start: float) -> None:
         """Close a metrics window: stop on a non-finite loss, else write a metrics line and report progress."""
         self._stop_if_not_finite()
         mean = self.ctx.all_reduce_mean(torch.stack(window.losses).mean(0))
         if self.ctx.device.type == "cuda":
             torch.cuda.synchronize(self.ctx.device)
-        dt = time.perf_counter() - window.t0
+        now = time.perf_counter()
+        dt = now - window.t0
         self.last_losses = mean.tolist()
         self.skipped_images += self.ctx.sum_int(window.skipped)
         record = {
             "step": self.step, "loss": self.last_losses[0], "stage_losses": self.last_losses[1:],
             "lr": lr_at(self.step - 1, self.effective), "images_per_s": window.images / dt,
-            "images_seen": self.images_seen, "skipped_images": self.skipped_images, "elapsed_s": elapsed,
+            "images_seen": self.images_seen, "skipped_images": self.skipped_images, "elapsed_s": now - t_start,
         }
         if self.ctx.is_main:
             append_metrics(self.opts.work_dir / METRICS_FILE, record)
@@ -276,9 +277,8 @@ class Run:
     def finish(self) -> dict[str, Any]:
         """Write aux.safetensors (main process) and return the run's summary.
 
-        The file records what the run computed, not how it was carried out: a resumed run
-        writes the same bytes as an uninterrupted one (resumption is in metrics.jsonl and
-        the summary's `resumed_from_step`).
+        Nothing about interruptions goes into the file, so a resumed run writes the same bytes
+        as an uninterrupted one (resumption is in metrics.jsonl and the summary's `resumed_from_step`).
         """
         recorded = {
             "settings": self.effective.to_json(), "steps": self.step, "images_seen": self.images_seen,
