@@ -134,6 +134,8 @@ def transplant(inputs: Inputs) -> None:
     with _status(inputs, f"transplanting {cmd.bundle} into {cmd.target}"):
         plan = api.transplant(cmd.bundle, target, dest, inputs[TransplantSettings], force=cmd.force,
                               dry_run=cmd.dry_run, recipe=inputs.recipe)
+    for w in plan.warnings:
+        err.print(f"warning: {w}", soft_wrap=True, highlight=False)
     if inputs.as_json:
         render.print_json({**plan.to_json(), "output": None if dest is None else str(dest)})
     elif inputs.quiet:
