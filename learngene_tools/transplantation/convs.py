@@ -228,8 +228,13 @@ def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict
 
     seen = {m: trace.first[m] for m in trace.executed(nn.Conv2d) if trace.first[m].output is not None}
     nominal = _nominal_reductions([(names[m], m, trace.reduction(c.output)) for m, c in seen.items()])  # type: ignore[arg-type]
+    # convs on a globally pooled map (squeeze-and-excitation gates) are off the feature path
+    pooled = {m for m, c in seen.items() if c.input is not None and c.input.ndim == 4
+              and c.input.shape[-2] == 1 and c.input.shape[-1] == 1 and trace.image > 1}
     beyond, peak = set(), 0
     for m in seen:  # execution order: the backbone is the prefix whose stride never falls back
+        if m in pooled:
+            continue
         r = nominal[names[m]]
         if beyond or r < peak:
             beyond.add(m)
