@@ -294,3 +294,37 @@ def identify(ckpt: Any, path: Path | None = None, notify: Callable[[str], None] 
     if arch is not None:
         return Identification([arch])
     return Identification(*index_candidates(ckpt.shapes, notify))
+
+
+BUILDABLE = ("timm:", "torchvision:", "learngene_tools.")  # specs distillation can build (`specs.build_model`)
+
+
+def identify_ancestry(path: Path, trust_pickle: bool = False) -> tuple[str, str]:
+    """The ancestry's architecture as a spec distillation can build, and how it was found; ModelError when unknown.
+
+    RepLKNet variants are read off their keys; anything else is identified as a transplant target is. Of several
+    exact matches the first is taken (timm before torchvision, the shortest name first: resnet50 before resnetaa50);
+    they share every weight and their stage outputs.
+    """
+    import argparse
+
+    import torch
+
+    from learngene_tools.errors import ModelError
+    from learngene_tools.io.checkpoint import load_checkpoint
+
+    with torch.serialization.safe_globals([argparse.Namespace]):  # released checkpoints carry their training args
+        ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
+    rep = _replknet(ckpt.shapes)
+    if rep is not None:
+        return rep.spec.split(":", 1)[1], rep.how
+    found = identify(ckpt, path)
+    options = [a for a in found.candidates if a.spec.startswith(BUILDABLE)]
+    if not options or found.more:
+        why = (f"its keys match {', '.join(a.spec for a in found.candidates)}, which lgt cannot distil from"
+               if found.candidates and not found.more else
+               f"its keys match {len(found.candidates) + found.more} architectures" if found.more else
+               "no model that timm, torchvision or the installed descendant packages build has its keys and shapes")
+        raise ModelError(f"{path}: the ancestry's architecture was not identified ({why}); pass --arch "
+                         "(replknet_31b, any timm name, torchvision:NAME or pkg.module:factory)")
+    return options[0].spec, options[0].how

@@ -171,6 +171,24 @@ def print_failure(err: Console, message: str, kind: str, code: int, as_json: boo
         print_json({"error": {"kind": kind, "message": message, "exit_code": code}})
 
 
+def show_run_plan(out: Console, d: dict[str, Any]) -> None:
+    """What a distillation would run (`--dry-run`)."""
+    anc, aux = d["ancestry"], d["auxiliary"]
+    how = f", {anc['identified']}" if anc.get("identified") else " (--arch)"
+    lines = [
+        f"ancestry: {anc['checkpoint']}: {anc['arch']}{how}",
+        f"taps (stride 4, 8, 16): {', '.join(d['taps'])}",
+        f"auxiliary model: {aux['variant'] or 'custom'} (widths {aux['widths']}, depths {aux['depths']})",
+        f"training: {d['steps']} steps, batch {d['batch_size']}, {d['img_size']} px, lr {d['lr']:g} "
+        f"(warm-up {d['warmup_steps']}), loss {d['loss'].get('kind')}, {d['precision']} precision on {d['device']}",
+        f"data: {d['data']}",
+        f"work folder: {d['work_dir']}" + (f"; bundle: {d['output']}" if d.get("output") else ""),
+        "dry run: nothing trained or written",
+    ]
+    for line in lines:
+        out.print(line, soft_wrap=True, highlight=False)
+
+
 def show_distill_summary(out: Console, summary: dict[str, Any]) -> None:
     """The line a finished distillation prints."""
     losses = summary["final_stage_losses"] or []
