@@ -279,3 +279,16 @@ def test_folder_output_checks(folders: Path, bundle_small: Path, tmp_path: Path)
     transplant(bundle_small, str(src), tmp_path / "exists", force=True)
     assert (tmp_path / "exists" / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]  # no temporary folder left
+
+
+def test_copies_that_differ_are_refused_before_anything_is_written(bundle_small: Path, tmp_path: Path):
+    from learngene_tools.errors import InvalidFileError
+    from learngene_tools.specs import build_model
+
+    sd = build_model("timm:resnet18").state_dict()
+    ema = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    torch.save({"state_dict": sd, "state_dict_ema": ema}, tmp_path / "odd.pth")
+    with pytest.raises(InvalidFileError, match=r"weight copies differ \(\['state_dict'\]: 122 tensors, "
+                                               r"\['state_dict_ema'\]: 120; e\.g\. fc\.bias\)"):
+        transplant(bundle_small, str(tmp_path / "odd.pth"), tmp_path / "out.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.pth"]

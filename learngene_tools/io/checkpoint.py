@@ -160,6 +160,22 @@ class Checkpoint:
             return [c.label for c in self.copies]
         return [Path(self.source).name if self.path is not None else "state_dict"]
 
+    def check_copies_agree(self) -> None:
+        """Raise InvalidFileError unless every copy of the weights has the same keys and shapes (each gets the
+        same plan)."""
+        if self.weight_sets:
+            shapes = [{k: v for m in members for k, v in m.shapes.items()} for members in self.weight_sets]
+        else:
+            shapes = [c.shapes() for c in self.copies]
+        labels = self.copy_labels
+        for label, other in zip(labels[1:], shapes[1:]):
+            if other != shapes[0]:
+                diff = sorted(set(other) ^ set(shapes[0])) or [k for k in other if other[k] != shapes[0][k]]
+                raise InvalidFileError(
+                    f"{self.source}: its weight copies differ ({labels[0]}: {len(shapes[0])} tensors, {label}: "
+                    f"{len(other)}; e.g. {diff[0]}); lgt writes every copy with the same plan and cannot do so here"
+                )
+
     @property
     def optimizer_state(self) -> list[str]:
         """Entries holding optimizer state (top-level keys of a pickle, files of a folder)."""
@@ -302,17 +318,6 @@ def _load_safetensors(path: Path, strip_prefix: bool = True) -> Checkpoint:
     )
 
 
-def _check_copies_agree(path: Path, labels: list[str], shapes: list[dict[str, tuple[int, ...]]]) -> None:
-    """Every copy of the weights must have the same keys and shapes: each gets the same plan."""
-    for label, other in zip(labels[1:], shapes[1:]):
-        if other != shapes[0]:
-            diff = sorted(set(other) ^ set(shapes[0])) or [k for k in other if other[k] != shapes[0][k]]
-            raise InvalidFileError(
-                f"{path}: its weight copies differ ({labels[0]}: {len(shapes[0])} tensors, {label}: {len(other)}; "
-                f"e.g. {diff[0]}); lgt writes every copy with the same plan and cannot do so here"
-            )
-
-
 def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     """Open a checkpoint file or save_pretrained folder: safetensors headers only (tensors load on demand),
     pickles whole (mmap)."""
@@ -339,7 +344,6 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
         state = module.state_dict(keep_vars=True) if module is not None else x
         prefix = common_prefix([k for k, v in state.items() if isinstance(v, torch.Tensor)])
         copies.append(WeightCopy(wrapper, prefix, state, module))
-    _check_copies_agree(path, [c.label for c in copies], [c.shapes() for c in copies])
     first = copies[0]
     return Checkpoint(
         source=str(path), fmt="pickle", path=path, prefix=first.prefix, wrapper=first.path, _container=obj,
@@ -386,7 +390,6 @@ def load_folder(path: Path, trust_pickle: bool = False) -> Checkpoint:
         members = [_load_safetensors(p, strip_prefix=False) if sniff_format(p) == "safetensors"
                    else load_checkpoint(p, trust_pickle) for p in files]
         loaded.append(members)
-    shapes: list[dict[str, tuple[int, ...]]] = []
     for members in loaded:
         merged: dict[str, tuple[int, ...]] = {}
         for m in members:
@@ -394,11 +397,10 @@ def load_folder(path: Path, trust_pickle: bool = False) -> Checkpoint:
             if dup:
                 raise InvalidFileError(f"{m.source}: holds {sorted(dup)[0]!r}, which another shard holds too")
             merged.update(m.shapes)
-        shapes.append(merged)
-    _check_copies_agree(path, [_set_label(m) for m in loaded], shapes)
     metadata = {k: v for m in loaded[0] for k, v in m.metadata.items()}
     return Checkpoint(source=str(path), fmt="folder", path=path, metadata=metadata, weight_sets=loaded,
-                      shapes=shapes[0], dtypes={k: v for m in loaded[0] for k, v in m.dtypes.items()})
+                      shapes={k: v for m in loaded[0] for k, v in m.shapes.items()},
+                      dtypes={k: v for m in loaded[0] for k, v in m.dtypes.items()})
 
 
 def checkpoint_from_state_dict(state: dict[str, torch.Tensor], source: str, arch: str | None = None) -> Checkpoint:

@@ -28,7 +28,9 @@ def open_target(target: str | Path, seed: int = 0, trust_pickle: bool = False) -
     if isinstance(target, str) and is_model_spec(target):
         model = build_model(target, seed=seed)
         return checkpoint_from_state_dict(model.state_dict(), target, arch=target), model
-    return load_checkpoint(target, trust_pickle=trust_pickle), None
+    ckpt = load_checkpoint(target, trust_pickle=trust_pickle)
+    ckpt.check_copies_agree()
+    return ckpt, None
 
 
 def _classifier(model: nn.Module) -> tuple[str, ...]:
