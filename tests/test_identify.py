@@ -168,3 +168,18 @@ def test_identified_checkpoint_object_is_not_needed_for_a_spec(bundle_small: Pat
 
     found = identify(ckpt)
     assert [a.spec for a in found.candidates][:1] == ["timm:resnet18"]
+
+
+@pytest.mark.parametrize("spec", ["learngene_tools.descendants:deeplabv3plus_resnet50", "timm:botnet26t_256",
+                                  "timm:mobilevit_s"])
+def test_arch_on_a_file_plans_as_the_spec(bundle_small: Path, tmp_path: Path, spec: str):
+    """The dummy input came from the file's first 4-D tensor ([1, 2048, 224, 224] for smp DeepLabV3+): now from the
+    model, so --arch on the model's own file plans exactly as the spec."""
+    if spec.startswith("learngene_tools.descendants"):
+        pytest.importorskip("segmentation_models_pytorch")
+    model = build_model(spec)
+    save_file(model.state_dict(), str(tmp_path / "t.safetensors"))
+    by_spec = plan_transplant(bundle_small, spec)
+    by_file = plan_transplant(bundle_small, tmp_path / "t.safetensors", _settings(arch=spec))
+    assert by_file.strides == "traced" and _rows(by_file) == _rows(by_spec)
+    assert [c.key for c in by_file.convs] == [c.key for c in by_spec.convs]  # execution order, whatever the file order
