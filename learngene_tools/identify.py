@@ -84,8 +84,11 @@ def _verified(arch: Architecture, shapes: Shapes) -> Architecture | None:
         model = arch.build(True)
     except Exception:  # noqa: BLE001 - a hint naming a model that cannot be built identifies nothing
         return None
+    cfg = getattr(model, "pretrained_cfg", None)
+    classifier = cfg.get("classifier") if isinstance(cfg, dict) else None
+    heads = arch.heads + ((classifier,) if isinstance(classifier, str) else tuple(classifier or ()))
     try:
-        arch.key_map = align_model(model, shapes, arch.heads, what=arch.spec)
+        arch.key_map = align_model(model, shapes, heads, what=arch.spec)
     except LgtError:
         return None
     return arch
@@ -154,7 +157,6 @@ def _config_hint(path: Path) -> Architecture | None:
         return None
     if not isinstance(cfg, dict):
         return None
-    how = f"{cfg_path.name}: " + ("{}")
     if isinstance(cfg.get("architecture"), str):  # timm save_for_hf
         import timm
 
@@ -162,7 +164,7 @@ def _config_hint(path: Path) -> Architecture | None:
         if not timm.is_model(name):
             return None
         kwargs = _safe_args(cfg.get("model_args"))
-        return Architecture(f"timm:{name}", how.format(f"architecture {name}"),
+        return Architecture(f"timm:{name}", f"{cfg_path.name}: architecture {name}",
                             _builder(lambda: timm.create_model(name, pretrained=False, **kwargs)))
     if isinstance(cfg.get("_model_class"), str):  # segmentation-models-pytorch save_pretrained
         try:
@@ -175,10 +177,11 @@ def _config_hint(path: Path) -> Architecture | None:
             return None
         kwargs = {**_safe_args(cfg), "encoder_weights": None}
         spec = f"smp:{cfg['_model_class']}/{cfg.get('encoder_name', '?')}"
-        return Architecture(spec, how.format(f"_model_class {cfg['_model_class']}"), _builder(lambda: cls(**kwargs)))
+        return Architecture(spec, f"{cfg_path.name}: _model_class {cfg['_model_class']}",
+                            _builder(lambda: cls(**kwargs)))
     names = cfg.get("architectures")
     if isinstance(names, list) and names and isinstance(names[0], str) and "auto_map" not in cfg:
-        return _transformers_hint(cfg_path.parent, names[0], how.format(f"architectures {names[0]}"))
+        return _transformers_hint(cfg_path.parent, names[0], f"{cfg_path.name}: architectures {names[0]}")
     return None
 
 
@@ -202,6 +205,8 @@ def _transformers_hint(folder: Path, name: str, how: str) -> Architecture | None
 
 
 def _replknet(shapes: Shapes) -> Architecture | None:
+    if not any(".large_kernel.lkb_" in k for k in shapes):  # not RepLKNet: spare importing it (and timm)
+        return None
     from learngene_tools.distillation.replknet import _guess_variant
 
     variant = _guess_variant(shapes)
@@ -270,9 +275,6 @@ def hinted(ckpt: Any, path: Path | None) -> Architecture | None:
         arch = hint()
         if arch is None:
             continue
-        if arch.how.startswith("the checkpoint's own"):
-            arch.key_map = None  # the model object's own state_dict is the copy's
-            return arch
         verified = _verified(arch, shapes)
         if verified is not None:
             return verified

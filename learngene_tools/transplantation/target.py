@@ -78,7 +78,8 @@ def traced_convs(ckpt: Checkpoint, arch: Architecture, input_size: tuple[int, ..
 
 def estimated_convs(ckpt: Checkpoint, grouped: str = "skip") -> list[TargetConv]:
     """The target's convs from its keys, shapes and order alone (strides estimated)."""
-    return convs_from_state(ckpt.shapes, module_order=ckpt.fmt not in ("safetensors", "folder"), grouped=grouped)
+    first = ckpt.weight_sets[0][0] if ckpt.weight_sets else ckpt
+    return convs_from_state(ckpt.shapes, module_order=first.fmt != "safetensors", grouped=grouped)
 
 
 def conv_signature(convs: list[TargetConv]) -> list[tuple]:
