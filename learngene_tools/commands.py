@@ -45,6 +45,8 @@ class DistillCommand:
     """`lgt distill`: switches of the command itself."""
 
     synthetic: bool = setting(False, "Distil on procedural images (what happens anyway without --data).")
+    dry_run: bool = setting(False, "Show what would run (ancestry, taps, auxiliary model, steps, data) and train "
+                                   "nothing.", recipe=False)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class ExtractCommand:
 
     output: Path = setting(Path("learngene.safetensors"), "Bundle to write.", short="-o")
     synthetic: bool = setting(False, "Distil on procedural images (what happens anyway without --data).")
+    dry_run: bool = setting(False, "Show what would run (ancestry, taps, auxiliary model, steps, data) and train "
+                                   "nothing.", recipe=False)
 
 
 @dataclass(frozen=True)

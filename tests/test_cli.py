@@ -211,6 +211,11 @@ BAD: dict[str, Bad] = {
                                ("trainstate.pth", "untrusted", "pickled_helpers.TrainState", "--trust-pickle")),
     "select_not_an_auxiliary_model": Bad(("select", "{in}/vgg.safetensors", "-o", "{out}/lg.safetensors"),
                                          ("vgg.safetensors", "not a learngene_tools auxiliary model", "lgt distill")),
+    "require_traced_unidentified": Bad(_transplant("{bundle}", "{in}/vgg.safetensors", "{out}/out.safetensors",
+                                                   "--require-traced"),
+                                       ("vgg.safetensors", "architecture was not identified", "--arch")),
+    "grouped_bad_choice": Bad(_transplant("{bundle}", "{in}/vgg.safetensors", "{out}/out.safetensors",
+                                          "--grouped", "sometimes"), ("--grouped", "skip, project")),
     # --- the three below expose bugs ---
     # A legacy (non-zip) torch pickle cut short: torch's weights-only unpickler raises IndexError/struct.error,
     # which checkpoint_io.torch_load does not catch -> "error: internal error: IndexError ...", exit 1.
@@ -228,17 +233,21 @@ BAD: dict[str, Bad] = {
 class Good:
     args: tuple[str, ...]  # as in Bad
     existing: str | None = None  # a file already in {out}, for --force
+    warns: bool = False  # tiny_vgg is no model a package builds: a transplant without --arch warns it estimated strides
+
+
+NOT_IDENTIFIED = "warning: the architecture was not identified"
 
 
 GOOD: dict[str, Good] = {
     "select": Good(("select", "{aux}", "-o", "{out}/lg.safetensors")),
-    "transplant_safetensors": Good(_transplant("{bundle}", "{in}/vgg.safetensors")),
+    "transplant_safetensors": Good(_transplant("{bundle}", "{in}/vgg.safetensors"), warns=True),
     "transplant_force_json": Good(_transplant("{bundle}", "{in}/vgg.safetensors", "{out}/out.safetensors", "--force", "--json"),
-                                  existing="out.safetensors"),
+                                  existing="out.safetensors", warns=True),
     "transplant_pth_arch_default_output": Good(("transplant", "{bundle}", "{in}/vgg.pth", "--arch", "tinymodels:tiny_vgg")),
-    "dry_run": Good(_transplant("{bundle}", "{in}/vgg.pth", "{out}/out.pth", "--dry-run")),
-    "dry_run_json_default_output": Good(("transplant", "{bundle}", "{in}/vgg.safetensors", "--dry-run", "--json")),
-    "trust_pickle": Good(_transplant("{bundle}", "{in}/trainstate.pth", "{out}/out.pth", "--trust-pickle")),
+    "dry_run": Good(_transplant("{bundle}", "{in}/vgg.pth", "{out}/out.pth", "--dry-run"), warns=True),
+    "dry_run_json_default_output": Good(("transplant", "{bundle}", "{in}/vgg.safetensors", "--dry-run", "--json"), warns=True),
+    "trust_pickle": Good(_transplant("{bundle}", "{in}/trainstate.pth", "{out}/out.pth", "--trust-pickle"), warns=True),
     "inspect_pth": Good(("inspect", "{in}/vgg.pth")),
     "inspect_safetensors": Good(("inspect", "{in}/vgg.safetensors")),
     "inspect_pointwise_json": Good(("inspect", "{in}/pointwise.safetensors", "--json")),
@@ -253,10 +262,17 @@ class Run:
     proc: subprocess.CompletedProcess
     out: Path  # the call's output folder and working directory
     before: dict[str, str]  # its files before the call
+    warns: bool = False
 
     def ok(self) -> subprocess.CompletedProcess:
         p = self.proc
-        assert p.returncode == 0 and p.stderr == "", f"rc={p.returncode}\nstdout={p.stdout}\nstderr={p.stderr}"
+        shown = f"rc={p.returncode}\nstdout={p.stdout}\nstderr={p.stderr}"
+        assert p.returncode == 0, shown
+        if self.warns:  # one line that says what happened and names --arch
+            lines = p.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith(NOT_IDENTIFIED) and "--arch" in lines[0], shown
+        else:
+            assert p.stderr == "", shown
         return p
 
     def json(self) -> dict:
@@ -290,7 +306,8 @@ def calls(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Calls:
 
     before = snapshot()
     results = _run_many(todo)
-    return Calls({name: Run(results[name], *outs[name]) for name in todo}, before, snapshot())
+    warns = {name for name, case in GOOD.items() if case.warns}
+    return Calls({name: Run(results[name], *outs[name], warns=name in warns) for name in todo}, before, snapshot())
 
 
 @pytest.fixture(scope="module")
@@ -400,6 +417,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(runs: dict[str, Run]):
     run = runs["dry_run_json_default_output"]
     plan = run.json()
     assert plan["output"] is None and plan["target"].endswith("vgg.safetensors") and plan["seed"] == 0
+    assert plan["strides"] == "estimated" and plan["identification"].startswith("not identified")
+    assert plan["warnings"] and "--arch" in plan["warnings"][0]
     assert [a["layer"] for a in plan["assignments"]] == ["s1.0", "s1.1", "s3.0", "s3.1"]
     assert all(a["target"] and a["steps"] and a["target_shape"] for a in plan["assignments"])
     assert plan["summary"]["layers_placed"] == 4 and plan["summary"]["layers_left_out"] == 0

@@ -405,32 +405,59 @@ def _plan_rows(plan: TransplantPlan) -> list[tuple]:
 
 
 @pytest.mark.parametrize("suffix", ["pth", "safetensors"])
-def test_state_dict_only_plan_agrees_with_traced(resnet50: Case, from_file: FromFile, suffix: str):
-    """Names, shapes and order alone give ResNet-50's traced plan, whatever the file format orders its tensors by."""
-    estimated = from_file.plans[suffix, 0]
-    assert estimated.strides == "estimated" and estimated.arch is None
-    assert [a.reduction for a in estimated.placed if a.stage == 3] == [16, 16, 16]
-    assert _placement(estimated) == _placement(resnet50.plan)
-    assert _plan_rows(estimated) == _plan_rows(resnet50.plan)
+def test_file_without_arch_is_identified_and_planned_as_traced(resnet50: Case, from_file: FromFile, suffix: str):
+    """A bare ResNet-50 state_dict is identified by its keys and shapes and gets the traced plan and bytes."""
+    plan = from_file.plans[suffix, 0]
+    assert plan.strides == "traced" and plan.arch == "timm:resnet50"
+    assert plan.identification.startswith("identified as timm:resnet50 (exact key and shape match")
+    assert "torchvision:resnet50" in plan.identification  # same keys, same placement
+    assert any("timm:resnetaa50" in w and "--arch" in w for w in plan.warnings)  # same keys, other strides
+    assert _placement(plan) == _placement(resnet50.plan)
+    assert _plan_rows(plan) == _plan_rows(resnet50.plan)
     got = from_file.result(suffix, 0)
     assert set(got) == set(resnet50.result)
     for k, v in resnet50.result.items():
         assert torch.equal(got[k], v), k
 
 
-def test_state_dict_only_plan_does_not_depend_on_the_file_format(bundle_small: Path, tmp_path: Path):
-    """The same tensors under the same names give the same plan from a .pth and from a .safetensors file.
+def _estimated_plan(bundle: Path, target: Path) -> TransplantPlan:
+    """The plan from names, shapes and order alone, as when nothing identifies the target."""
+    from learngene_tools.extraction.bundle import read_bundle_header
+    from learngene_tools.io.checkpoint import load_checkpoint
+    from learngene_tools.transplantation.planner import place_layers
+    from learngene_tools.transplantation.target import estimated_convs
 
-    (safetensors files store tensors by dtype and name, not in module order: stages.2.10 before stages.2.2.)
-    """
+    ckpt = load_checkpoint(target)
+    return place_layers(read_bundle_header(bundle), estimated_convs(ckpt), target=str(target), target_format=ckpt.fmt,
+                        wrapper=ckpt.wrapper_desc, arch=None)
+
+
+@pytest.mark.parametrize("suffix", ["pth", "safetensors"])
+def test_estimated_plan_agrees_with_traced_on_resnet50(resnet50: Case, from_file: FromFile, bundle_small: Path,
+                                                        suffix: str):
+    """The fallback (names, shapes and order alone) still gives ResNet-50's traced plan, in either file order."""
+    estimated = _estimated_plan(bundle_small, from_file.outs[suffix, 0].parent / f"resnet50.{suffix}")
+    assert estimated.strides == "estimated" and estimated.arch is None
+    assert [a.reduction for a in estimated.placed if a.stage == 3] == [16, 16, 16]
+    assert _plan_rows(estimated) == _plan_rows(resnet50.plan)
+
+
+def test_plan_does_not_depend_on_the_file_format(bundle_small: Path, tmp_path: Path):
+    """The same tensors under the same names give the same plan from a .pth and from a .safetensors file, traced
+    or estimated. (safetensors files store tensors by dtype and name, not in module order: stages.2.10 before
+    stages.2.2.)"""
     state = build_model("timm:repvgg_a0", seed=0).state_dict()
     torch.save(state, tmp_path / "t.pth")
     save_file(state, str(tmp_path / "t.safetensors"))
+    want = TARGETS["timm:repvgg_a0"].placed  # what the traced plan gives
     plans = {suffix: transplant(bundle_small, str(tmp_path / f"t.{suffix}"), None) for suffix in ("pth", "safetensors")}
-    want = TARGETS["timm:repvgg_a0"].placed  # what the traced plan gives, and the .pth one
-    assert {a.layer: a.target for a in plans["pth"].placed} == want
-    assert _placement(plans["safetensors"]) == _placement(plans["pth"])
+    estimated = {suffix: _estimated_plan(bundle_small, tmp_path / f"t.{suffix}") for suffix in ("pth", "safetensors")}
+    for suffix in ("pth", "safetensors"):
+        assert plans[suffix].arch == "timm:repvgg_a0" and plans[suffix].strides == "traced"
+        assert {a.layer: a.target for a in plans[suffix].placed} == want
+        assert {a.layer: a.target for a in estimated[suffix].placed} == want
     assert _plan_rows(plans["safetensors"]) == _plan_rows(plans["pth"])
+    assert _plan_rows(estimated["safetensors"]) == _plan_rows(estimated["pth"])
 
 
 def test_other_seed_differs_only_in_drawn_values(from_file: FromFile):
@@ -459,7 +486,7 @@ def test_pickle_target_round_trips(tv_resnet50: Case, bundle_small: Path, tmp_pa
     before = _sha(target)
     plan = transplant(bundle_small, str(target), out, seed=0)
     assert _sha(target) == before
-    assert plan.target_format == "pickle" and plan.strides == "estimated"
+    assert plan.target_format == "pickle" and plan.strides == "traced" and plan.arch == "timm:resnet50"
     assert plan.wrapper == ("under ['state_dict']" if wrapped else "bare state_dict")
     assert _plan_rows(plan) == _plan_rows(case.plan)
     obj = torch.load(out, weights_only=True)

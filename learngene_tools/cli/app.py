@@ -135,6 +135,8 @@ def transplant(inputs: Inputs) -> None:
     with _status(inputs, f"transplanting {cmd.bundle} into {cmd.target}"):
         plan = api.transplant(cmd.bundle, target, dest, inputs[TransplantSettings], force=cmd.force,
                               dry_run=cmd.dry_run, recipe=inputs.recipe)
+    for w in plan.warnings:
+        err.print(f"warning: {w}", soft_wrap=True, highlight=False)
     if inputs.as_json:
         render.print_json({**plan.to_json(), "output": None if dest is None else str(dest)})
     elif inputs.quiet:
@@ -233,16 +235,17 @@ def demo(inputs: Inputs) -> None:
     out.print(f"wrote [bold]{result['output']}[/] (loads with strict=True into {cmd.target})")
 
 
-def _distill_args(inputs: Inputs, synthetic: bool) -> tuple[Any, Any]:
-    """Settings and run options of distill/extract, with the checks that span several settings."""
+def _distill_args(inputs: Inputs, synthetic: bool) -> tuple[Any, Any, str | None]:
+    """Settings and run options of distill/extract, with the checks that span several settings; the ancestry's
+    architecture identified from its checkpoint when --arch is not given (and how)."""
     from dataclasses import replace
 
     from learngene_tools.distillation.config import DistillSettings, RunOptions
 
     settings: DistillSettings = inputs[DistillSettings]
     opts: RunOptions = inputs[RunOptions]
-    if opts.ancestry is None or settings.arch is None:
-        raise SettingsError("give the ancestry checkpoint and --arch (or a --recipe that names them)")
+    if opts.ancestry is None:
+        raise SettingsError("give the ancestry checkpoint (or a --recipe that names it)")
     if synthetic and settings.data is not None:
         raise SettingsError("give one of --data DIR (a folder of images) and --synthetic (procedural images), not both")
     if settings.data is not None and not Path(settings.data).is_dir():
@@ -250,13 +253,22 @@ def _distill_args(inputs: Inputs, synthetic: bool) -> tuple[Any, Any]:
                             "procedural images are used)")
     if not is_hf_ref(opts.ancestry) and not Path(opts.ancestry).is_file():
         raise NotFoundError(f"{opts.ancestry}: no such ancestry checkpoint")
+    identified = None
+    if settings.arch is None:
+        from learngene_tools.identify import identify_ancestry
+        from learngene_tools.refs import resolve
+
+        spec, how = identify_ancestry(resolve(opts.ancestry), trust_pickle=opts.trust_pickle)
+        settings, identified = replace(settings, arch=spec), f"identified as {spec} ({how})"
     notes = []
+    if identified and not inputs.quiet and _is_main_process():
+        notes.append(f"note: ancestry {identified}")
     if settings.data is None and not synthetic and not inputs.quiet and _is_main_process():
         notes.append("note: no --data: distilling data-free on procedural images; give --data DIR (a folder of "
                      "images, e.g. ImageNet's train/) to distil on real ones")
     progress = None if (inputs.quiet or inputs.as_json) else render.progress_printer(err, settings.steps,
                                                                                       plain=inputs.verbose)
-    return settings, replace(opts, progress=_after_setup(notes, progress), recipe=inputs.recipe)
+    return settings, replace(opts, progress=_after_setup(notes, progress), recipe=inputs.recipe), identified
 
 
 @contextlib.contextmanager
@@ -284,12 +296,26 @@ def _after_setup(notes: list[str], progress: Callable[[dict[str, Any]], None] | 
     return first_then_progress
 
 
+def _show_dry_run(inputs: Inputs, settings: Any, opts: Any, output: Path | None, identified: str | None) -> None:
+    """`--dry-run` of distill/extract: what would run, and nothing trained or written."""
+    from learngene_tools.pipeline import describe_run
+
+    d = describe_run(settings, opts, output, identified)
+    if inputs.as_json:
+        render.print_json(d)
+    else:
+        render.show_run_plan(out, d)
+
+
 @settings_command(app, "distill", recipe_kind="extract", guard=guarded)
 def distill(inputs: Inputs) -> None:
     """Distil an auxiliary model from an ancestry (CLKG stage 1); writes WORK_DIR/aux.safetensors."""
     from learngene_tools import api
 
-    settings, opts = _distill_args(inputs, inputs[DistillCommand].synthetic)
+    settings, opts, identified = _distill_args(inputs, inputs[DistillCommand].synthetic)
+    if inputs[DistillCommand].dry_run:
+        _show_dry_run(inputs, settings, opts, None, identified)
+        return
     with _warnings_as_lines(inputs):
         summary = api.distill(settings, opts)
     if not _is_main_process():
@@ -310,7 +336,10 @@ def extract(inputs: Inputs) -> None:
     from learngene_tools.extraction.selection import SelectionSettings
 
     cmd: ExtractCommand = inputs[ExtractCommand]
-    settings, opts = _distill_args(inputs, cmd.synthetic)
+    settings, opts, identified = _distill_args(inputs, cmd.synthetic)
+    if cmd.dry_run:
+        _show_dry_run(inputs, settings, opts, cmd.output, identified)
+        return
     with _warnings_as_lines(inputs):
         summary = api.extract(settings, opts, cmd.output, inputs[SelectionSettings])
     if not _is_main_process():

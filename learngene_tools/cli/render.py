@@ -107,18 +107,39 @@ def show_plan(out: Console, plan: Any, verbose: bool = False) -> None:
             skipped[kind] = skipped.get(kind, 0) + 1
     if skipped:
         out.print("target convs skipped: " + "; ".join(f"{k} ({n})" for k, n in sorted(skipped.items())))
-    strides = f"strides {plan.strides}" + (f" from {plan.arch}" if plan.arch else " from channel widths (pass --arch for exact ones)")
+    if plan.identification.startswith(("identified", "not identified")):
+        out.print(f"architecture {plan.identification}", soft_wrap=True)
     out.print(f"{len(plan.placed)} of {len(plan.assignments)} learngene layers placed, "
               f"{plan.params_initialised:,} conv parameters initialised, {len(plan.changed_keys())} tensors changed; "
-              f"{strides}; target {plan.wrapper}; seed {plan.seed}; --json shows every step")
+              f"{strides_text(plan.strides, plan.arch, plan.identification)}; target {plan.wrapper}; seed {plan.seed}; "
+              "--json shows every step")
+    if len(plan.copies) > 1:
+        out.print(f"every copy of the weights gets the same plan: {', '.join(plan.copies)}", soft_wrap=True)
+    if plan.optimizer_state and plan.drop_optimizer:
+        out.print(f"optimizer state left out (--drop-optimizer): {', '.join(plan.optimizer_state)}", soft_wrap=True)
+
+
+def strides_text(strides: str, arch: str | None, identification: str) -> str:
+    """How the strides are known: 'strides traced from timm:vgg16_bn', or estimated."""
+    if strides != "traced":
+        return "strides estimated from channel widths (pass --arch for exact ones)"
+    return f"strides traced from {arch}"
 
 
 def show_checkpoint(out: Console, s: dict[str, Any], quiet: bool = False) -> None:
     """A checkpoint's summary line and its conv table (the summary line only when `quiet`)."""
+    ident = s.get("identification") or {}
     out.print(f"[bold]{s['file']}[/]: {s['format']} checkpoint, {s['wrapper']}, {s['tensors']} tensors, "
-              f"{s['params']:,} parameters; strides {s['strides']}" + (f" from {s['arch']}" if s["arch"] else ""))
+              f"{s['params']:,} parameters; {strides_text(s['strides'], s['arch'], ident.get('text', ''))}")
     if quiet:
         return
+    if ident.get("text", "").startswith(("identified", "not identified")):
+        out.print(f"architecture {ident['text']}", soft_wrap=True)
+    if len(s.get("copies") or []) > 1:
+        out.print(f"weight copies (a transplant writes each): {', '.join(s['copies'])}", soft_wrap=True)
+    if s.get("optimizer_state"):
+        out.print(f"optimizer state: {', '.join(s['optimizer_state'])} (a transplant keeps it unless --drop-optimizer)",
+                  soft_wrap=True)
     for k, v in s["metadata"].items():
         out.print(f"{k}: {v}")
     t = Table(show_edge=False, pad_edge=False)
@@ -148,6 +169,24 @@ def print_failure(err: Console, message: str, kind: str, code: int, as_json: boo
     print_error(err, message)
     if as_json:
         print_json({"error": {"kind": kind, "message": message, "exit_code": code}})
+
+
+def show_run_plan(out: Console, d: dict[str, Any]) -> None:
+    """What a distillation would run (`--dry-run`)."""
+    anc, aux = d["ancestry"], d["auxiliary"]
+    how = f", {anc['identified']}" if anc.get("identified") else " (--arch)"
+    lines = [
+        f"ancestry: {anc['checkpoint']}: {anc['arch']}{how}",
+        f"taps (stride 4, 8, 16): {', '.join(d['taps'])}",
+        f"auxiliary model: {aux['variant'] or 'custom'} (widths {aux['widths']}, depths {aux['depths']})",
+        f"training: {d['steps']} steps, batch {d['batch_size']}, {d['img_size']} px, lr {d['lr']:g} "
+        f"(warm-up {d['warmup_steps']}), loss {d['loss'].get('kind')}, {d['precision']} precision on {d['device']}",
+        f"data: {d['data']}",
+        f"work folder: {d['work_dir']}" + (f"; bundle: {d['output']}" if d.get("output") else ""),
+        "dry run: nothing trained or written",
+    ]
+    for line in lines:
+        out.print(line, soft_wrap=True, highlight=False)
 
 
 def show_distill_summary(out: Console, summary: dict[str, Any]) -> None:

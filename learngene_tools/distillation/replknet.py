@@ -445,7 +445,7 @@ def _form(keys: Any) -> str:
     return "mixed" if merged and training else "merged" if merged else "training" if training else "none"
 
 
-def _guess_variant(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+def guess_variant(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """The registered variant whose stem width, depth and kernel sizes match `shapes`, if any."""
     stem = shapes.get("stem.0.conv.weight")
     if stem is None:
@@ -492,7 +492,7 @@ def load_replknet_state(model: "RepLKNet", state: Mapping[str, torch.Tensor], so
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong:
-        guess = _guess_variant({k: tuple(v.shape) for k, v in state.items()})
+        guess = guess_variant({k: tuple(v.shape) for k, v in state.items()})
         parts = []
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]}: checkpoint "

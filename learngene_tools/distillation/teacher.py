@@ -96,36 +96,13 @@ def _feature_info_taps(model: nn.Module) -> list[tuple[int, str]] | None:
 
 def trace_taps(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> list[str]:
     """Find taps by one dummy forward: at each stride 4, 8, 16, the last of the outermost modules with that output stride."""
-    seen: list[tuple[str, int]] = []
-    h = input_size[1]
-    hooks = []
-    for name, m in model.named_modules():
-        if not name:
-            continue
+    from learngene_tools.tracing import stage_outputs
 
-        def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-2] > 0:
-                seen.append((name, round(h / out.shape[-2])))
-
-        hooks.append(m.register_forward_hook(hook))
-    try:
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size))
-        model.train(was)
-    finally:
-        for hk in hooks:
-            hk.remove()
-    taps = []
+    found = stage_outputs(model, input_size, TAP_REDUCTIONS)
     for r in TAP_REDUCTIONS:
-        names = [n for n, red in seen if red == r]
-        if not names:
+        if r not in found:
             raise ModelError(f"the teacher has no module with output stride {r}; name its stages with --taps")
-        # the outermost modules are the stages/blocks; inner ones may be the next block's expansion
-        depth = min(n.count(".") for n in names)
-        taps.append([n for n in names if n.count(".") == depth][-1])
-    return taps
+    return [found[r] for r in TAP_REDUCTIONS]
 
 
 def build_teacher(arch: str, checkpoint: str | Path | None, taps: Sequence[str] | None = None,

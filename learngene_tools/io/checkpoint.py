@@ -1,14 +1,19 @@
 """Checkpoint I/O: read any state_dict checkpoint, write it back in its own format and wrapper.
 
 Formats are told apart by content, not extension: safetensors (length-prefixed JSON
-header), torch zip pickles and legacy torch pickles. Pickles load with
-``weights_only=True`` unless the caller trusts the file. Outputs are written to a
-temporary file in the destination folder and renamed into place.
+header), torch zip pickles and legacy torch pickles; a folder is a save_pretrained layout
+(config and other files beside one or more weight sets, maybe sharded with an index).
+Pickles load with ``weights_only=True`` unless the caller trusts the file. A checkpoint may
+hold several copies of the weights (the model and its EMA, a folder's safetensors and .bin
+files, ultralytics' pickled `model` and `ema`): all are read, checked to agree, and written
+with the same updates. Outputs are written to a temporary file (or folder) beside the
+destination and renamed into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import re
@@ -16,7 +21,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -25,17 +30,69 @@ from learngene_tools.io.files import atomic_path
 from learngene_tools.io.header import SafetensorsHeader, encode_header, looks_like_safetensors, read_header
 from learngene_tools.io.tensors import ST_TO_TORCH, TORCH_TO_ST, tensor_bytes, write_safetensors
 
-WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module", "net", "network")
+WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "ema", "module", "net", "network")
+EMA_KEYS = frozenset({"model_ema", "state_dict_ema", "ema"})
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_states")
+FOLDER_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
+
+@dataclass
+class WeightCopy:
+    """One copy of the weights inside a pickled checkpoint (the model, an EMA), found under `path`."""
+
+    path: tuple[str, ...]  # keys from the top of the container, () for a bare state_dict
+    prefix: str
+    state: dict[str, Any]  # prefixed key -> tensor (a pickled module's: its live parameters and buffers)
+    module: torch.nn.Module | None = None  # a whole pickled model (ultralytics), written back as one
+
+    @property
+    def label(self) -> str:
+        """E.g. "['state_dict_ema']", "['ema'] (DetectionModel)" or "bare state_dict"."""
+        text = "".join(f"[{k!r}]" for k in self.path) or "bare state_dict"
+        return text + (f" ({type(self.module).__name__})" if self.module is not None else "")
+
+    @property
+    def is_ema(self) -> bool:
+        """True for an exponential-moving-average copy."""
+        return bool(set(self.path) & EMA_KEYS)
+
+    def get(self, key: str) -> torch.Tensor:
+        """The tensor of an unprefixed key."""
+        t = self.state[self.prefix + key]
+        return t.detach() if self.module is not None else t
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Unprefixed key -> shape of every tensor."""
+        n = len(self.prefix)
+        return {k[n:]: tuple(v.shape) for k, v in self.state.items() if isinstance(v, torch.Tensor)}
+
+    @contextlib.contextmanager
+    def updated(self, updates: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """The copy holds `updates` (cast to its own dtypes) inside the block, its original tensors after it."""
+        originals = {k: self.get(k) for k in updates}
+        try:
+            for k, t in updates.items():
+                self._set(k, t.to(originals[k].dtype))
+            yield
+        finally:
+            for k, t in originals.items():
+                self._set(k, t)
+
+    def _set(self, key: str, t: torch.Tensor) -> None:
+        if self.module is not None:
+            self.state[self.prefix + key].data = t
+        else:
+            self.state[self.prefix + key] = t
+
 
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: tensors by unprefixed key, plus what is needed to write it back as it was."""
 
     source: str
-    fmt: str  # "safetensors" | "pickle" | "model"
+    fmt: str  # "safetensors" | "pickle" | "model" | "folder"
     shapes: dict[str, tuple[int, ...]]  # unprefixed key -> shape, in checkpoint order
     dtypes: dict[str, torch.dtype]
     prefix: str = ""
@@ -43,14 +100,20 @@ class Checkpoint:
     path: Path | None = None
     arch: str | None = None  # set when the checkpoint was built from a model spec
     metadata: dict[str, str] = field(default_factory=dict)
+    copies: list[WeightCopy] = field(default_factory=list)  # pickle/model: every copy, the first is the one read
+    weight_sets: list[list[Checkpoint]] = field(default_factory=list)  # folder: each copy's files (shards)
     _header: SafetensorsHeader | None = None
     _container: Any = None  # pickle: the whole loaded object
     _state: dict[str, Any] | None = None  # pickle/model: the state dict inside it
 
     def tensor(self, key: str) -> torch.Tensor:
         """Load one tensor by its unprefixed key."""
+        if self.copies:
+            return self.copies[0].get(key)
         if self._state is not None:
             return self._state[self.prefix + key]
+        if self.weight_sets:
+            return next(c for c in self.weight_sets[0] if key in c.shapes).tensor(key)
         from safetensors import safe_open
 
         with safe_open(str(self.path), framework="pt") as f:
@@ -58,8 +121,10 @@ class Checkpoint:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """All tensors by unprefixed key (loads a safetensors file whole: use `tensor` for big ones)."""
-        if self._state is not None:
-            return {k: self._state[self.prefix + k] for k in self.shapes}
+        if self.copies or self._state is not None:
+            return {k: self.tensor(k) for k in self.shapes}
+        if self.weight_sets:
+            return {k: v for c in self.weight_sets[0] for k, v in c.state_dict().items()}
         from safetensors.torch import load_file
 
         sd = load_file(str(self.path))
@@ -73,12 +138,57 @@ class Checkpoint:
     @property
     def wrapper_desc(self) -> str:
         """Human description of the wrapper and prefix, e.g. "['model'], prefix 'module.'"."""
+        if self.fmt == "folder":
+            return "folder with " + " and ".join(self.copy_labels)
         parts = []
         if self.wrapper:
             parts.append("under " + "".join(f"[{k!r}]" for k in self.wrapper))
         if self.prefix:
             parts.append(f"prefix {self.prefix!r}")
+        if len(self.copies) > 1:
+            parts.append("copies " + ", ".join(c.label for c in self.copies))
+        elif self.copies and self.copies[0].module is not None:
+            parts.append(f"a pickled {type(self.copies[0].module).__name__}")
         return ", ".join(parts) or "bare state_dict"
+
+    @property
+    def copy_labels(self) -> list[str]:
+        """Every copy of the weights a transplant writes, in words."""
+        if self.weight_sets:
+            return [_set_label(s) for s in self.weight_sets]
+        if self.copies:
+            return [c.label for c in self.copies]
+        return [Path(self.source).name if self.path is not None else "state_dict"]
+
+    def check_copies_agree(self) -> None:
+        """Raise InvalidFileError unless every copy of the weights has the same keys and shapes (each gets the
+        same plan)."""
+        if self.weight_sets:
+            shapes = [{k: v for m in members for k, v in m.shapes.items()} for members in self.weight_sets]
+        else:
+            shapes = [c.shapes() for c in self.copies]
+        labels = self.copy_labels
+        for label, other in zip(labels[1:], shapes[1:]):
+            if other != shapes[0]:
+                diff = sorted(set(other) ^ set(shapes[0])) or [k for k in other if other[k] != shapes[0][k]]
+                raise InvalidFileError(
+                    f"{self.source}: its weight copies differ ({labels[0]}: {len(shapes[0])} tensors, {label}: "
+                    f"{len(other)}; e.g. {diff[0]}); lgt writes every copy with the same plan and cannot do so here"
+                )
+
+    @property
+    def optimizer_state(self) -> list[str]:
+        """Entries holding optimizer state (top-level keys of a pickle, files of a folder)."""
+        if self.fmt == "folder" and self.path is not None:
+            return [n for n in FOLDER_OPTIMIZER_FILES if (self.path / n).is_file()]
+        if isinstance(self._container, Mapping):
+            return [k for k in OPTIMIZER_KEYS if self._container.get(k) is not None]
+        return []
+
+
+def _set_label(files: list[Checkpoint]) -> str:
+    names = [Path(c.source).name for c in files]
+    return names[0] if len(names) == 1 else f"{len(names)} shards ({names[0]} …)"
 
 
 def _is_tensor_map(obj: Any) -> bool:
@@ -101,6 +211,26 @@ def find_state_dict(obj: Any, depth: int = 3) -> tuple[dict[str, Any], tuple[str
     if _is_tensor_map(obj):
         return obj, ()  # type: ignore[return-value]
     return None
+
+
+def find_weight_copies(obj: Any, depth: int = 3) -> list[tuple[tuple[str, ...], Any]]:
+    """Every copy of the weights in a loaded checkpoint: state_dicts and pickled models under wrapper keys
+    (the model, its EMA copies), else the object itself; each with the keys leading to it."""
+    if isinstance(obj, torch.nn.Module):
+        return [((), obj)]
+    found: list[tuple[tuple[str, ...], Any]] = []
+    if isinstance(obj, Mapping) and depth > 0:
+        for k in WRAPPER_KEYS:
+            if k in obj:
+                v = obj[k]
+                inner = [((), v)] if isinstance(v, torch.nn.Module) else find_weight_copies(v, depth - 1)
+                found += [((k, *path), x) for path, x in inner]
+    if not found and _is_tensor_map(obj):
+        return [((), obj)]
+    unique: dict[int, tuple[tuple[str, ...], Any]] = {}
+    for path, x in found:
+        unique.setdefault(id(x), (path, x))  # a model saved as both `model` and `ema` is one copy
+    return list(unique.values())
 
 
 def common_prefix(keys: list[str]) -> str:
@@ -164,40 +294,113 @@ def _check_file(path: Path) -> None:
         raise InvalidFileError(f"{path}: is a directory, expected a checkpoint file")
 
 
+def _explain_unsafe(path: Path, e: UnsafeInputError) -> UnsafeInputError:
+    """The refusal of an ultralytics checkpoint, said precisely (its model is a pickled object)."""
+    if "ultralytics." not in str(e):
+        return e
+    return UnsafeInputError(
+        f"{path}: is an ultralytics checkpoint: its `model`/`ema` are pickled ultralytics model objects, and loading "
+        "them runs ultralytics code (refused by the weights-only load); if you trust this file, pass --trust-pickle"
+    )
+
+
+def _load_safetensors(path: Path, strip_prefix: bool = True) -> Checkpoint:
+    header = read_header(path)
+    keys = list(header.tensors)
+    prefix = common_prefix(keys) if strip_prefix else ""
+    unknown = sorted({e.dtype for e in header.tensors.values()} - set(ST_TO_TORCH))
+    if unknown:
+        raise InvalidFileError(f"{path}: unsupported tensor dtypes {', '.join(unknown)}")
+    return Checkpoint(
+        source=str(path), fmt="safetensors", path=path, prefix=prefix, metadata=dict(header.metadata), _header=header,
+        shapes={k[len(prefix):]: e.shape for k, e in header.tensors.items()},
+        dtypes={k[len(prefix):]: ST_TO_TORCH[e.dtype] for k, e in header.tensors.items()},
+    )
+
+
 def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
-    """Open a checkpoint file: safetensors headers only (tensors load on demand), pickles whole (mmap)."""
+    """Open a checkpoint file or save_pretrained folder: safetensors headers only (tensors load on demand),
+    pickles whole (mmap)."""
     path = Path(path)
+    if path.is_dir():
+        return load_folder(path, trust_pickle)
     _check_file(path)
     fmt = sniff_format(path)
     if fmt == "safetensors":
-        header = read_header(path)
-        keys = list(header.tensors)
-        prefix = common_prefix(keys)
-        unknown = sorted({e.dtype for e in header.tensors.values()} - set(ST_TO_TORCH))
-        if unknown:
-            raise InvalidFileError(f"{path}: unsupported tensor dtypes {', '.join(unknown)}")
-        return Checkpoint(
-            source=str(path), fmt=fmt, path=path, prefix=prefix, metadata=dict(header.metadata), _header=header,
-            shapes={k[len(prefix):]: e.shape for k, e in header.tensors.items()},
-            dtypes={k[len(prefix):]: ST_TO_TORCH[e.dtype] for k, e in header.tensors.items()},
-        )
-    obj = torch_load(path, trust_pickle)
-    if isinstance(obj, torch.nn.Module):
-        raise InvalidFileError(f"{path}: holds a whole pickled nn.Module; save `model.state_dict()` instead and pass that")
-    found = find_state_dict(obj)
-    if found is None:
+        return _load_safetensors(path)
+    try:
+        obj = torch_load(path, trust_pickle)
+    except UnsafeInputError as e:
+        raise _explain_unsafe(path, e) from None
+    found = find_weight_copies(obj)
+    if not found:
         top = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
         raise InvalidFileError(
             f"{path}: no state_dict found (looked at the top level and under {', '.join(WRAPPER_KEYS)}; top level has {top})"
         )
-    state, wrapper = found
-    tensor_keys = [k for k, v in state.items() if isinstance(v, torch.Tensor)]
-    prefix = common_prefix(tensor_keys)
+    copies = []
+    for wrapper, x in found:
+        module = x if isinstance(x, torch.nn.Module) else None
+        state = module.state_dict(keep_vars=True) if module is not None else x
+        prefix = common_prefix([k for k, v in state.items() if isinstance(v, torch.Tensor)])
+        copies.append(WeightCopy(wrapper, prefix, state, module))
+    first = copies[0]
     return Checkpoint(
-        source=str(path), fmt="pickle", path=path, prefix=prefix, wrapper=wrapper, _container=obj, _state=state,
-        shapes={k[len(prefix):]: tuple(state[k].shape) for k in tensor_keys},
-        dtypes={k[len(prefix):]: state[k].dtype for k in tensor_keys},
+        source=str(path), fmt="pickle", path=path, prefix=first.prefix, wrapper=first.path, _container=obj,
+        _state=None if first.module is not None else first.state, copies=copies,
+        shapes=first.shapes(), dtypes={k: first.get(k).dtype for k in first.shapes()},
     )
+
+
+def _weight_files(folder: Path) -> list[list[Path]]:
+    """The weight sets of a save_pretrained folder: each index's shards, then every other weights file."""
+    sets: list[list[Path]] = []
+    used: set[str] = set()
+    for index in sorted(folder.glob("*.index.json"), key=lambda p: (not p.name.endswith(".safetensors.index.json"),
+                                                                     p.name)):
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map")
+        except (OSError, ValueError, AttributeError):
+            raise InvalidFileError(f"{index}: not a readable shard index (JSON with a weight_map)") from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise InvalidFileError(f"{index}: has no weight_map")
+        shards = sorted(set(map(str, weight_map.values())))
+        for name in shards:
+            if "/" in name or not (folder / name).is_file():
+                raise NotFoundError(f"{folder / name}: shard named by {index.name} is missing")
+        sets.append([folder / n for n in shards])
+        used |= set(shards)
+    for p in sorted(folder.glob("*.safetensors")) + [folder / n for n in FOLDER_WEIGHT_PICKLES]:
+        if p.is_file() and p.name not in used:
+            sets.append([p])
+    return sets
+
+
+FOLDER_WEIGHT_PICKLES = ("pytorch_model.bin", "model.bin")
+
+
+def load_folder(path: Path, trust_pickle: bool = False) -> Checkpoint:
+    """Open a save_pretrained folder: every weight set (safetensors first), each maybe sharded."""
+    sets = _weight_files(path)
+    if not sets:
+        raise InvalidFileError(f"{path}: is a folder without weights (no *.safetensors, pytorch_model.bin or "
+                               "*.index.json); give the checkpoint file or a save_pretrained folder")
+    loaded: list[list[Checkpoint]] = []
+    for files in sets:
+        members = [_load_safetensors(p, strip_prefix=False) if sniff_format(p) == "safetensors"
+                   else load_checkpoint(p, trust_pickle) for p in files]
+        loaded.append(members)
+    for members in loaded:
+        merged: dict[str, tuple[int, ...]] = {}
+        for m in members:
+            dup = set(merged) & set(m.shapes)
+            if dup:
+                raise InvalidFileError(f"{m.source}: holds {sorted(dup)[0]!r}, which another shard holds too")
+            merged.update(m.shapes)
+    metadata = {k: v for m in loaded[0] for k, v in m.metadata.items()}
+    return Checkpoint(source=str(path), fmt="folder", path=path, metadata=metadata, weight_sets=loaded,
+                      shapes={k: v for m in loaded[0] for k, v in m.shapes.items()},
+                      dtypes={k: v for m in loaded[0] for k, v in m.dtypes.items()})
 
 
 def checkpoint_from_state_dict(state: dict[str, torch.Tensor], source: str, arch: str | None = None) -> Checkpoint:
@@ -213,6 +416,11 @@ def checkpoint_from_state_dict(state: dict[str, torch.Tensor], source: str, arch
 def output_format(ckpt: Checkpoint, out: Path) -> str:
     """The format `out` will be written in: the target's own, or by extension for a built model."""
     by_ext = "safetensors" if out.suffix in SAFETENSORS_SUFFIXES else "pickle" if out.suffix in PICKLE_SUFFIXES else None
+    if ckpt.fmt == "folder":
+        if by_ext is not None:
+            raise OutputError(f"{out}: the target is a save_pretrained folder and is written back as one; "
+                              "give a folder name")
+        return "folder"
     if ckpt.fmt == "model":
         if by_ext is None:
             raise OutputError(f"{out}: choose an output name ending in .safetensors, .pt, .pth or .bin")
@@ -265,37 +473,95 @@ def _patch_safetensors(ckpt: Checkpoint, updates: Mapping[str, torch.Tensor], tm
             dst.write(data)
 
 
+def copy_readers(ckpt: Checkpoint) -> list[Callable[[str], torch.Tensor]]:
+    """For each copy of the weights (`copy_labels`' order), a function reading one of its tensors."""
+    if ckpt.copies:
+        return [c.get for c in ckpt.copies]
+    if ckpt.weight_sets:
+        def reader(members: list[Checkpoint]) -> Callable[[str], torch.Tensor]:
+            return lambda key: next(m for m in members if key in m.shapes).tensor(key)
+        return [reader(members) for members in ckpt.weight_sets]
+    return [ckpt.tensor]
+
+
+Updates = Mapping[str, torch.Tensor]
+
+
 def save_checkpoint(
     ckpt: Checkpoint,
-    updates: Mapping[str, torch.Tensor],
+    updates: Updates | Sequence[Updates],
     out: Path,
     metadata: dict[str, str] | None = None,
+    drop: tuple[str, ...] = (),
 ) -> None:
-    """Write `ckpt` with `updates` applied to `out`, atomically, in the checkpoint's own format and wrapper.
+    """Write `ckpt` with `updates` applied to every copy of its weights to `out`, atomically, in the checkpoint's
+    own format and wrapper.
 
-    `metadata` is added to a safetensors header (pickles have nowhere neutral to hold it).
+    `updates` is one mapping for every copy, or one per copy (`copy_readers` order). `metadata` is added to a
+    safetensors header (pickles have nowhere neutral to hold it). `drop` names entries to leave out: optimizer
+    state (`ckpt.optimizer_state`).
     """
-    for key, t in updates.items():
-        if key not in ckpt.shapes or tuple(t.shape) != ckpt.shapes[key] or t.dtype != ckpt.dtypes[key]:
-            raise AssertionError(f"update for {key} does not match the target's key/shape/dtype")
+    n = max(1, len(ckpt.copies) or len(ckpt.weight_sets))
+    per_copy = list(updates) if isinstance(updates, (list, tuple)) else [updates] * n
+    if len(per_copy) != n:
+        raise AssertionError(f"{len(per_copy)} update sets for {n} weight copies")
+    for u in per_copy:
+        for key, t in u.items():
+            if key not in ckpt.shapes or tuple(t.shape) != ckpt.shapes[key] or t.dtype != ckpt.dtypes[key]:
+                raise AssertionError(f"update for {key} does not match the target's key/shape/dtype")
     fmt = output_format(ckpt, out)
-    meta = {**ckpt.metadata, **(metadata or {})}
+    if fmt == "folder":
+        from learngene_tools.io.folders import atomic_folder
+
+        with atomic_folder(out) as tmp:
+            _write_folder(ckpt, per_copy, tmp, metadata or {}, drop)
+        return
     with atomic_path(out) as tmp:
-        if ckpt.fmt == "safetensors":
-            _patch_safetensors(ckpt, updates, tmp, meta)
-        elif ckpt.fmt == "pickle":
-            assert ckpt._state is not None
-            originals = {k: ckpt._state[ckpt.prefix + k] for k in updates}
-            try:
-                for k, t in updates.items():
-                    ckpt._state[ckpt.prefix + k] = t
-                torch.save(ckpt._container, tmp, _use_new_zipfile_serialization=zipfile.is_zipfile(ckpt.path))
-            finally:
-                ckpt._state.update({ckpt.prefix + k: v for k, v in originals.items()})
+        _write_file(ckpt, per_copy, tmp, fmt, {**ckpt.metadata, **(metadata or {})}, drop)
+
+
+def _write_file(ckpt: Checkpoint, per_copy: list[Updates], tmp: Path, fmt: str, meta: dict[str, str],
+                drop: tuple[str, ...] = ()) -> None:
+    updates = per_copy[0]
+    if ckpt.fmt == "safetensors":
+        _patch_safetensors(ckpt, updates, tmp, meta)
+    elif ckpt.fmt == "pickle":
+        container = ckpt._container
+        if drop and isinstance(container, dict):
+            container = {k: v for k, v in container.items() if k not in drop}
+        with contextlib.ExitStack() as stack:
+            for c, u in zip(ckpt.copies, per_copy):
+                stack.enter_context(c.updated(u))
+            torch.save(container, tmp, _use_new_zipfile_serialization=zipfile.is_zipfile(ckpt.path))
+    else:
+        state = {**ckpt.state_dict(), **updates}
+        if fmt == "safetensors":
+            with open(tmp, "wb") as f:
+                write_safetensors(state, meta, f)
         else:
-            state = {**ckpt.state_dict(), **updates}
-            if fmt == "safetensors":
-                with open(tmp, "wb") as f:
-                    write_safetensors(state, meta, f)
+            torch.save(state, tmp)
+
+
+def _write_folder(ckpt: Checkpoint, per_copy: list[Updates], tmp: Path, metadata: dict[str, str],
+                  drop: tuple[str, ...]) -> None:
+    """Other files copied as they are; a weights file rewritten only when one of its tensors changed."""
+    import shutil
+
+    assert ckpt.path is not None
+    weights = {Path(m.source).resolve(): (m, u) for members, u in zip(ckpt.weight_sets, per_copy) for m in members}
+    for p in sorted(ckpt.path.rglob("*")):
+        dst = tmp / p.relative_to(ckpt.path)
+        if p.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        elif p.resolve() in weights:
+            m, u = weights[p.resolve()]
+            mine = {k: t.to(m.dtypes[k]) for k, t in u.items() if k in m.shapes}
+            if not mine:
+                shutil.copyfile(p, dst)
             else:
-                torch.save(state, tmp)
+                _write_file(m, [mine] * max(1, len(m.copies)), dst, m.fmt,
+                            {**m.metadata, **metadata} if m.fmt == "safetensors" else {})
+        elif drop and p.parent == ckpt.path and p.name in FOLDER_OPTIMIZER_FILES:
+            continue
+        else:
+            shutil.copyfile(p, dst)

@@ -10,8 +10,12 @@ Rules (DESIGN.md):
   kernel (4x4, 6x6) it sits at offset (K-3)//2, the closest to centred;
 - newly drawn kernels (and new input channels of kept kernels) are N(0, 0.05^2) over the
   whole target kernel, not only its 3x3 centre: a new kernel has no learngene to keep.
-Targets whose kernels are smaller than 3x3, grouped or depthwise are not adapted at all:
-the planner skips them with a reason (convs.py).
+- a grouped target conv (`--grouped project`) takes the block-diagonal part of the kernel
+  adapted as if it were dense: output kernel o of group g keeps its weights on the input
+  channels of group g, so the conv computes the learngene's same-group contributions; a
+  depthwise conv keeps the diagonal (each kernel its own input channel's weights).
+Targets whose kernels are smaller than 3x3 are not adapted at all, nor grouped ones by
+default: the planner skips them with a reason (convs.py).
 """
 
 from __future__ import annotations
@@ -118,3 +122,16 @@ def adapt_vector(src: torch.Tensor, keep: list[int | None], target: torch.Tensor
     if have:
         out[have] = src.float()[[keep[t] for t in have]]
     return out
+
+
+def block_diagonal(dense: torch.Tensor, groups: int) -> torch.Tensor:
+    """The grouped-conv weight [n, c/groups, kh, kw] holding the block-diagonal part of a dense [n, c, kh, kw] kernel."""
+    n, c = dense.shape[:2]
+    if groups == 1:
+        return dense
+    if n % groups or c % groups:
+        raise ValueError(f"{n} kernels x {c} channels do not split into {groups} groups")
+    per_out, per_in = n // groups, c // groups
+    group = torch.arange(n) // per_out  # the group of each output kernel
+    cols = group[:, None] * per_in + torch.arange(per_in)[None, :]  # its input channels in the dense kernel
+    return dense[torch.arange(n)[:, None], cols]

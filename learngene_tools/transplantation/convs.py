@@ -1,9 +1,10 @@
-"""Find a target's conv layers and what each can take: from names, shapes and order, or from a traced forward.
+"""Find a target's conv layers and what each can take: from a traced forward, or from names, shapes and order.
 
-Without an architecture, reductions (output strides) are estimated from channel
-widths: every widening starts a new level, the last level is taken to run at stride
-32. With one (`--arch`), a single forward pass on a dummy input gives each conv's
-exact stride, groups, the BN that follows it and the conv that feeds it.
+With the architecture (given, identified, or a model spec), one forward pass on a dummy
+input (`learngene_tools.tracing`) gives each conv's exact stride, groups, the BN that
+follows it, the conv that feeds it and the execution order. Only without one are
+reductions (output strides) estimated from channel widths: every widening starts a new
+level, the last level is taken to run at stride 32.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
-from learngene_tools.errors import ModelError
+from learngene_tools.keysets import KeyMap
+from learngene_tools.tracing import Trace, run_trace
 
 HEAD_NAMES = frozenset({
     "head", "heads", "fc", "classifier", "aux_classifier", "pre_logits", "decoder", "segmentation_head",
@@ -55,21 +56,30 @@ def _head_part(key: str) -> str | None:
     return None
 
 
-def _eligibility(key: str, shape: tuple[int, ...], groups: int, traced: bool | None) -> tuple[bool, str]:
+def conv_kind(shape: tuple[int, ...], groups: int) -> str:
+    """'dense', 'depthwise' or 'grouped (G groups)'."""
+    if groups <= 1:
+        return "dense"
+    return "depthwise" if shape[1] == 1 else f"grouped ({groups} groups)"
+
+
+def _eligibility(key: str, shape: tuple[int, ...], groups: int, traced: bool | None,
+                 grouped: str = "skip") -> tuple[bool, str]:
     n, c, kh, kw = shape
     head = _head_part(key)
     if head is not None:
         return False, f"head ({head}): never touched"
     if traced is False:
         return False, "not run by the backbone's forward pass"
-    if groups > 1:
-        kind = "depthwise" if groups == n and c == 1 else f"grouped ({groups} groups)"
-        return False, f"{kind} conv: a dense 3x3 learngene kernel has no per-group counterpart"
+    kind = conv_kind(shape, groups)
+    if groups > 1 and grouped != "project":
+        return False, f"{kind} conv: a dense 3x3 learngene kernel has no per-group counterpart (--grouped project " \
+                      "gives it the block-diagonal part)"
     if kh != kw:
         return False, f"non-square {kh}x{kw} kernel"
     if kh < 3:
         return False, f"{kh}x{kw} kernel is smaller than the 3x3 learngene kernel (never cropped)"
-    return True, f"dense {kh}x{kw}"
+    return True, f"{kind} {kh}x{kw}" + (" (block-diagonal part of the learngene)" if groups > 1 else "")
 
 
 def _follows_bn(keys: list[str], shapes: dict[str, tuple[int, ...]], i: int, n: int) -> str | None:
@@ -120,7 +130,8 @@ def _bn_by_name(conv: str, shapes: dict[str, tuple[int, ...]], n: int) -> str | 
     return None
 
 
-def convs_from_state(shapes: dict[str, tuple[int, ...]], module_order: bool = True) -> list[TargetConv]:
+def convs_from_state(shapes: dict[str, tuple[int, ...]], module_order: bool = True,
+                     grouped: str = "skip") -> list[TargetConv]:
     """Conv layers from a state_dict's keys, shapes and order alone (reductions estimated).
 
     `module_order=False` (safetensors files store keys by dtype and name, not by module) sorts
@@ -136,7 +147,7 @@ def convs_from_state(shapes: dict[str, tuple[int, ...]], module_order: bool = Tr
         n, c = shape[0], shape[1]
         groups = n if (c == 1 and n > 1 and pending) else 1
         producer = prev[0] if prev is not None and prev[1][0] == c and groups == 1 else None
-        ok, reason = _eligibility(key, shape, groups, None)
+        ok, reason = _eligibility(key, shape, groups, None, grouped)
         if module_order:
             bn = _follows_bn(keys, shapes, i, n)
         else:  # by name first; a neighbour in sorted order only when it is a sibling module (Sequential's 0 -> 1)
@@ -178,45 +189,28 @@ def _nominal_reductions(executed: list[tuple[str, nn.Conv2d, int]]) -> dict[str,
     return out
 
 
-def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict[str, tuple[int, ...]]) -> list[TargetConv]:
-    """Conv layers of `model`, with exact strides, groups, BN and producers from one forward pass.
+def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict[str, tuple[int, ...]],
+                key_map: KeyMap | None = None, grouped: str = "skip") -> list[TargetConv]:
+    """Conv layers of `model` in execution order, with exact strides, groups, BN and producers from one forward pass.
 
-    Uses `forward_features` when the model has it (timm), so head convs are never run.
+    Keys are the checkpoint's (`key_map` maps the model's onto them; identity when None) and shapes are the
+    checkpoint's. Uses `forward_features` when the model has it (timm), so head convs are never run.
     """
-    model = model.eval()
+    def ckpt_key(model_key: str | None) -> str | None:
+        if model_key is None:
+            return None
+        return key_map.ckpt(model_key) if key_map is not None else (model_key if model_key in shapes else None)
+
+    trace = run_trace(model, input_size, features=True, extra=_is_bn)
     names = {m: n for n, m in model.named_modules()}
-    # BN modules may hold an activation (timm's BatchNormAct2d): hook them as well as the leaves.
-    hooked = [m for m in model.modules() if not list(m.children()) or _is_bn(m)]
-    events: list[tuple[nn.Module, Any, Any]] = []
-    keep_alive: list[Any] = []
-
-    def hook(mod: nn.Module, args: tuple, output: Any) -> None:
-        x = args[0] if args else None
-        if isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor):
-            events.append((mod, x, output))
-            keep_alive.extend((x, output))
-
-    handles = [m.register_forward_hook(hook) for m in hooked]
-    x = torch.zeros(1, *input_size)
-    try:
-        with torch.no_grad():
-            fwd = getattr(model, "forward_features", None)
-            (fwd if callable(fwd) else model)(x)
-    except Exception as e:  # a model may reject the dummy input: say so plainly
-        raise ModelError(f"the --arch model failed on a dummy input of shape {list(x.shape)}: {type(e).__name__}: {e}") from None
-    finally:
-        for h in handles:
-            h.remove()
-
     produced_by: dict[int, tuple[nn.Module, Any]] = {}
     consumers: dict[int, list[nn.Module]] = {}
-    for mod, xin, xout in events:
-        consumers.setdefault(id(xin), []).append(mod)
-        if xout is not xin:  # in-place ops keep their producer; an outer BN module (finishing later) wins
-            produced_by[id(xout)] = (mod, xin)
-    seen: dict[nn.Module, tuple[Any, Any]] = {}
-    for mod, xin, xout in events:
-        seen.setdefault(mod, (xin, xout))
+    for call in trace.calls:
+        if call.input is None or call.output is None:
+            continue
+        consumers.setdefault(id(call.input), []).append(call.module)
+        if call.output is not call.input:  # in-place ops keep their producer; an outer BN module (finishing later) wins
+            produced_by[id(call.output)] = (call.module, call.input)
 
     def producer_of(xin: Any) -> str | None:
         for _ in range(16):
@@ -225,46 +219,50 @@ def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict
                 return None
             mod, prev_in = found
             if isinstance(mod, nn.Conv2d):
-                return names[mod] + ".weight"
+                return ckpt_key(names[mod] + ".weight")
             if not (_is_bn(mod) or isinstance(mod, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity, nn.Dropout,
                                                      nn.LeakyReLU, nn.Hardswish, nn.Mish, nn.ELU))):
                 return None
             xin = prev_in
         return None
 
-    image = input_size[1]
-    nominal = _nominal_reductions(
-        [(names[m], m, max(1, round(image / xout.shape[-2]))) for m, (_, xout) in seen.items() if isinstance(m, nn.Conv2d)]
-    )
+    seen = {m: trace.first[m] for m in trace.executed(nn.Conv2d) if trace.first[m].output is not None}
+    nominal = _nominal_reductions([(names[m], m, trace.reduction(c.output)) for m, c in seen.items()])  # type: ignore[arg-type]
+    # convs on a globally pooled map (squeeze-and-excitation gates) are off the feature path
+    pooled = {m for m, c in seen.items() if c.input is not None and c.input.ndim == 4
+              and c.input.shape[-2] == 1 and c.input.shape[-1] == 1 and trace.image > 1}
     beyond, peak = set(), 0
     for m in seen:  # execution order: the backbone is the prefix whose stride never falls back
-        if isinstance(m, nn.Conv2d):
-            r = nominal[names[m]]
-            if beyond or r < peak:
-                beyond.add(m)
-            peak = max(peak, r)
-    out: list[TargetConv] = []
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Conv2d):
+        if m in pooled:
             continue
-        key = name + ".weight"
-        if key not in shapes:
-            raise ModelError(f"the --arch model has conv {key!r} that the target checkpoint lacks; is --arch the right model?")
-        shape = tuple(mod.weight.shape)
-        if shapes[key] != shape:
-            raise ModelError(f"the --arch model's {key} is {list(shape)} but the target's is {list(shapes[key])}; is --arch the right model?")
-        traced = mod in seen
+        r = nominal[names[m]]
+        if beyond or r < peak:
+            beyond.add(m)
+        peak = max(peak, r)
+    convs = [m for m in seen] + [m for m in model.modules() if isinstance(m, nn.Conv2d) and m not in seen]
+    out: list[TargetConv] = []
+    for mod in convs:
+        name = names[mod]
+        key = ckpt_key(name + ".weight")
+        if key is None:
+            continue  # a head conv the checkpoint does not hold
+        shape = tuple(shapes[key])
         reduction = bn = producer = None
-        if traced:
-            xin, xout = seen[mod]
+        if mod in seen:
+            call = seen[mod]
             reduction = nominal[name]
-            for c in consumers.get(id(xout), []):
-                if _is_bn(c) and all(f"{names[c]}.{p}" in shapes for p in _BN_PARTS):
-                    bn = names[c]
-            producer = producer_of(xin)
-        ok, reason = _eligibility(key, shape, mod.groups, traced)  # type: ignore[arg-type]
+            for c in consumers.get(id(call.output), []):
+                b = names[c]
+                if _is_bn(c) and all(ckpt_key(f"{b}.{p}") is not None for p in _BN_PARTS):
+                    bn = ckpt_key(f"{b}.weight")[: -len(".weight")]  # type: ignore[index]
+            producer = producer_of(call.input)
+        ok, reason = _eligibility(key, shape, mod.groups, mod in seen, grouped)  # type: ignore[arg-type]
         if ok and mod in beyond:
             ok, reason = False, BEYOND_BACKBONE
         out.append(TargetConv(key, shape, reduction, mod.groups, bn, producer, ok, reason))  # type: ignore[arg-type]
-    order = {k: i for i, k in enumerate(shapes)}
-    return sorted(out, key=lambda c: order[c.key])
+    return out
+
+
+def trace_of(model: nn.Module, input_size: tuple[int, int, int]) -> Trace:
+    """The planner's trace of a model (leaf modules and BatchNorms), for callers that need more than the convs."""
+    return run_trace(model, input_size, features=True, extra=_is_bn)

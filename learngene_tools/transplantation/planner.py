@@ -18,7 +18,9 @@ from learngene_tools.extraction.bundle import BN_PARTS, Bundle, LayerRecord, rea
 from learngene_tools.io.checkpoint import Checkpoint
 from learngene_tools.settings import setting
 from learngene_tools.transplantation.adapt import keep_by_norm
-from learngene_tools.transplantation.convs import TargetConv
+from learngene_tools.transplantation.convs import TargetConv, conv_kind
+
+GROUPED_CHOICES = ("skip", "project")
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,21 @@ class TransplantSettings:
                                      "traced for exact strides and execution order.", metavar="SPEC")
     seed: int = setting(0, "Seed for every random draw.")
     transfer_bn: bool = setting(True, "Carry the learngene's BatchNorm with its conv.", name="bn")
-    input_size: tuple[int, ...] | None = setting(None, "Dummy input [C,]H,W for tracing --arch "
+    input_size: tuple[int, ...] | None = setting(None, "Dummy input [C,]H,W for tracing the target's model "
                                                        "(default: the model's own).", metavar="C,H,W")
     trust_pickle: bool = setting(False, "Allow arbitrary pickled objects in the target (trusted files only).",
                                  recipe=False)
+    grouped: str = setting("skip", "Grouped and depthwise convs: skip them, or project the learngene onto them "
+                                   "(the block-diagonal part of the dense kernel; a depthwise conv takes its diagonal).",
+                           choices=GROUPED_CHOICES)
+    require_traced: bool = setting(False, "Refuse to plan when the architecture is neither given (--arch) nor "
+                                          "identified, instead of estimating strides.")
+    drop_optimizer: bool = setting(False, "Leave the target's optimizer state out of the output (it no longer "
+                                          "matches the rewritten weights).")
 
     def __post_init__(self) -> None:
+        if self.grouped not in GROUPED_CHOICES:
+            raise SettingsError(f"--grouped must be one of {', '.join(GROUPED_CHOICES)} (got {self.grouped!r})")
         size = self.input_size
         if size is not None and (len(size) not in (2, 3) or min(size[-2:]) < 8 or min(size) < 1):
             raise SettingsError(f"--input-size takes H,W or C,H,W with H and W at least 8 (got {list(size)})")
@@ -54,6 +65,7 @@ class Assignment:
     follow: str | None = None  # layer whose kept kernels give the input channels
     in_map: str | None = None  # "follow" | "identity" | "fold"
     bn: str | None = None  # target BN module that receives the learngene's BN
+    groups: int = 1  # the target conv's groups: > 1 takes the block-diagonal part of the adapted dense kernel
     steps: tuple[str, ...] = ()
     params: int = 0
     reason: str | None = None
@@ -62,6 +74,14 @@ class Assignment:
     def placed(self) -> bool:
         """True when the layer initialises a target conv."""
         return self.target is not None
+
+    @property
+    def dense_shape(self) -> tuple[int, ...] | None:
+        """The dense kernel shape the learngene is adapted to (input channels times groups)."""
+        if self.target_shape is None:
+            return None
+        n, c, kh, kw = self.target_shape
+        return (n, c * self.groups, kh, kw)
 
     def changed_keys(self) -> list[str]:
         """Target keys this assignment rewrites."""
@@ -85,6 +105,12 @@ class TransplantPlan:
     transfer_bn: bool
     assignments: tuple[Assignment, ...]
     convs: tuple[TargetConv, ...]
+    identification: str = ""  # how the architecture is known, e.g. "identified as timm:resnet50 (exact key and shape match)"
+    grouped: str = "skip"
+    copies: tuple[str, ...] = ()  # every copy of the weights the output gets (model, EMA, folder weight files)
+    optimizer_state: tuple[str, ...] = ()  # entries holding optimizer state in the target
+    drop_optimizer: bool = False
+    warnings: tuple[str, ...] = ()
     target_checkpoint: Checkpoint | None = field(default=None, compare=False, repr=False)  # the opened target
 
 
@@ -108,7 +134,11 @@ class TransplantPlan:
         return {
             "bundle": self.bundle, "bundle_hash": self.bundle_hash, "target": self.target,
             "target_format": self.target_format, "wrapper": self.wrapper, "arch": self.arch,
-            "strides": self.strides, "seed": self.seed, "transfer_bn": self.transfer_bn,
+            "strides": self.strides, "identification": self.identification, "seed": self.seed,
+            "transfer_bn": self.transfer_bn, "grouped": self.grouped, "copies": list(self.copies),
+            "optimizer_state": {"entries": list(self.optimizer_state),
+                                "action": "dropped" if self.drop_optimizer else "kept"} if self.optimizer_state else None,
+            "warnings": list(self.warnings),
             "assignments": [{**asdict(a), "keep": list(a.keep)} for a in self.assignments],
             "convs": [
                 {"key": c.key, "shape": list(c.shape), "reduction": c.reduction, "groups": c.groups, "bn": c.bn,
@@ -132,7 +162,8 @@ def _kernel_steps(rec: LayerRecord, keep: list[int | None]) -> str:
 
 
 def _place(rec: LayerRecord, conv: TargetConv, prev: Assignment | None, transfer_bn: bool) -> Assignment:
-    n2, c2, kh, kw = conv.shape
+    n2, cg, kh, kw = conv.shape
+    c2 = cg * conv.groups  # the input channels a dense kernel would read
     c1 = rec.shape[1]
     keep = keep_by_norm(rec.l2_norms, n2)
     steps = [_kernel_steps(rec, keep)]
@@ -150,6 +181,11 @@ def _place(rec: LayerRecord, conv: TargetConv, prev: Assignment | None, transfer
         top = (kh - k) // 2
         where = "centred" if (kh - k) % 2 == 0 else f"at offset {top} (even size has no centre)"
         steps.append(f"{k}x{k} kernel {where} in {kh}x{kw}, zeros around it")
+    if conv.groups > 1:
+        kind = conv_kind(conv.shape, conv.groups)
+        part = "its diagonal (each kernel keeps the weights of its own input channel)" if cg == 1 else \
+            f"its block-diagonal part ({conv.groups} groups of {cg} input channels)"
+        steps.append(f"{kind} conv: adapted as a dense {n2}x{c2}x{kh}x{kw} kernel, then {part}")
     bn = conv.bn if (transfer_bn and rec.has_bn and conv.bn) else None
     if bn:
         steps.append(f"BN affine and running statistics -> {bn}")
@@ -158,7 +194,8 @@ def _place(rec: LayerRecord, conv: TargetConv, prev: Assignment | None, transfer
     return Assignment(
         layer=rec.id, stage=rec.stage, target=conv.key, target_shape=conv.shape, source_shape=rec.shape,
         reduction=conv.reduction,
-        keep=tuple(keep), follow=follow, in_map=in_map, bn=bn, steps=tuple(steps), params=n2 * c2 * kh * kw,
+        keep=tuple(keep), follow=follow, in_map=in_map, bn=bn, groups=conv.groups, steps=tuple(steps),
+        params=n2 * cg * kh * kw,
     )
 
 
@@ -172,8 +209,9 @@ def place_layers(
     arch: str | None,
     seed: int = 0,
     transfer_bn: bool = True,
+    grouped: str = "skip",
 ) -> TransplantPlan:
-    """Plan where each learngene layer goes in the target and how it is adapted."""
+    """Plan where each learngene layer goes in the target and how it is adapted (`arch` None: estimated strides)."""
     if not convs:
         raise ModelError(f"{target}: has no conv layer (no 4-D weight); lgt transplants into CNN checkpoints")
     strides = "traced" if arch else "estimated"
@@ -202,33 +240,109 @@ def place_layers(
             placed[rec.id] = _place(rec, conv, prev, transfer_bn)
             used.add(conv.key)
         est = " (estimated from channel widths; pass --arch for exact strides)" if strides == "estimated" else ""
-        why = f"the target has {len(band)} free dense conv(s) {where}{est} for this run of {len(run)}"
+        kind = "dense or grouped" if grouped == "project" else "dense"
+        why = f"the target has {len(band)} free {kind} conv(s) {where}{est} for this run of {len(run)}"
         reasons = {rec.id: Assignment(layer=rec.id, stage=rec.stage, reason=why) for rec in left}
         assignments += [placed.get(rec.id) or reasons[rec.id] for rec in run]
     plan = TransplantPlan(
         bundle=bundle.source, bundle_hash=str(bundle.provenance.get("tensor_hash", "")), target=target,
         target_format=target_format, wrapper=wrapper, arch=arch, strides=strides, seed=seed,
-        transfer_bn=transfer_bn, assignments=tuple(assignments), convs=tuple(convs),
+        transfer_bn=transfer_bn, assignments=tuple(assignments), convs=tuple(convs), grouped=grouped,
     )
     if not plan.placed:
         n_ok = sum(c.eligible for c in convs)
         raise ModelError(
-            f"{target}: no learngene layer fits: {n_ok} of {len(convs)} conv(s) can take a dense 3x3 kernel "
+            f"{target}: no learngene layer fits: {n_ok} of {len(convs)} conv(s) can take a 3x3 learngene kernel "
             f"and none sits at the strides the bundle needs ({', '.join(str(r[-1].reduction) for r in bundle.runs())}); "
             "`lgt inspect` on the target lists its convs"
         )
     return plan
 
 
+def placement(plan: TransplantPlan) -> list[tuple]:
+    """What a plan does, layer by layer (two plans that agree here write the same tensors)."""
+    return [(a.layer, a.target, a.target_shape, a.keep, a.in_map, a.follow, a.bn, a.groups) for a in plan.assignments]
+
+
+def _traced_plan(header: Bundle, ckpt: Checkpoint, options: list[Any], s: TransplantSettings,
+                 place: Any) -> tuple[TransplantPlan | None, str, list[str]]:
+    """The plan through the architecture(s), or (None, why); and warnings.
+
+    Identified architectures with the same keys and shapes usually place the same (timm and torchvision
+    ResNet-50). When they do not (ResNet-50 and its anti-aliased variants), the simplest one (fewest modules)
+    is planned and the others are named in a warning.
+    """
+    from learngene_tools.transplantation.target import traced_convs
+
+    results: list[tuple[Any, TransplantPlan | ModelError]] = []
+    for arch in options:
+        try:
+            convs = traced_convs(ckpt, arch, s.input_size, s.grouped)
+        except ModelError as e:
+            if not arch.identified:
+                raise  # the user's own model fails on the dummy input: say so
+            if len(options) == 1:
+                return None, f"{arch.spec} could not be traced: {e}", []
+            continue
+        try:
+            results.append((arch, place(convs, arch.spec)))
+        except ModelError as e:  # no layer fits: an answer too
+            results.append((arch, e))
+    if not results:
+        return None, f"{', '.join(a.spec for a in options)} match its keys but could not be traced", []
+
+    def outcome(r: TransplantPlan | ModelError) -> Any:
+        return placement(r) if isinstance(r, TransplantPlan) else str(r)
+
+    groups: dict[Any, list[tuple[Any, TransplantPlan | ModelError]]] = {}
+    for arch, r in results:
+        groups.setdefault(repr(outcome(r)), []).append((arch, r))
+    chosen = min(groups.values(), key=lambda g: min(a.modules for a, _ in g))
+    arch, result = chosen[0]
+    arch.also = tuple(a.spec for a, _ in chosen[1:])
+    others = [a.spec for a, _ in results if all(a is not b for b, _ in chosen)]
+    warnings = []
+    if others:
+        warnings.append(f"its keys and shapes also match {', '.join(others)}, which would place the learngene "
+                        f"differently; planned as {arch.spec}, the simplest of them (fewest modules): pass --arch SPEC if the file holds another")
+    if isinstance(result, ModelError):
+        raise result
+    return replace(result, identification=arch.describe()), "", warnings
+
+
 def plan_transplant(bundle: str | Path, target: str | Path, settings: TransplantSettings | None = None) -> TransplantPlan:
-    """Plan a transplant of a local bundle file into a target file or model spec (nothing is written)."""
-    from learngene_tools.transplantation.target import open_target, target_convs
+    """Plan a transplant of a local bundle file into a target file, folder or model spec (nothing is written)."""
+    from learngene_tools.transplantation.target import NOT_IDENTIFIED, architectures, estimated_convs, note
 
     s = settings or TransplantSettings()
     header = read_bundle_header(bundle, verify=True)
     ckpt, model = open_target(target, seed=s.seed, trust_pickle=s.trust_pickle)
-    arch = s.arch or ckpt.arch
-    convs = target_convs(ckpt, arch, model, s.input_size, s.seed)
-    plan = place_layers(header, convs, target=ckpt.source, target_format=ckpt.fmt, wrapper=ckpt.wrapper_desc,
-                        arch=arch, seed=s.seed, transfer_bn=s.transfer_bn)
-    return replace(plan, target_checkpoint=ckpt)
+    options, why = architectures(ckpt, s.arch, model, s.seed, notify=note)
+
+    def place(convs: list[TargetConv], arch: str | None) -> TransplantPlan:
+        return place_layers(header, convs, target=ckpt.source, target_format=ckpt.fmt, wrapper=ckpt.wrapper_desc,
+                            arch=arch, seed=s.seed, transfer_bn=s.transfer_bn, grouped=s.grouped)
+
+    plan, warnings = None, []
+    if options:
+        plan, why, warnings = _traced_plan(header, ckpt, options, s, place)
+    if plan is None:
+        if s.require_traced:
+            raise ModelError(f"{ckpt.source}: the architecture was not identified ({why}); pass --arch SPEC "
+                             "(timm:NAME, torchvision:NAME or pkg.module:factory) to trace it")
+        plan = replace(place(estimated_convs(ckpt, s.grouped), None), identification=f"not identified: {why}")
+        warnings.append(NOT_IDENTIFIED.format(why=why))
+    if ckpt.optimizer_state and not s.drop_optimizer:
+        warnings.append(f"the target's optimizer state ({', '.join(ckpt.optimizer_state)}) is kept as it was and no "
+                        f"longer matches the {len(plan.changed_keys())} rewritten tensors; --drop-optimizer leaves "
+                        "it out")
+    return replace(plan, target_checkpoint=ckpt, copies=tuple(ckpt.copy_labels),
+                   optimizer_state=tuple(ckpt.optimizer_state), drop_optimizer=s.drop_optimizer,
+                   warnings=tuple(warnings))
+
+
+def open_target(target: str | Path, seed: int = 0, trust_pickle: bool = False) -> Any:
+    """`transplantation.target.open_target` (imported late: target imports this module's neighbours)."""
+    from learngene_tools.transplantation.target import open_target as open_
+
+    return open_(target, seed=seed, trust_pickle=trust_pickle)

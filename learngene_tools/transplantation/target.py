@@ -1,49 +1,117 @@
-"""Transplant targets: a checkpoint file or a freshly built model (spec), and its conv layers with their roles."""
+"""Transplant targets: a checkpoint (file or folder) or a freshly built model (spec), its architecture, and its conv
+layers with their roles."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from learngene_tools.errors import ModelError
+from learngene_tools.identify import Architecture, identify
 from learngene_tools.io.checkpoint import Checkpoint, checkpoint_from_state_dict, load_checkpoint
-from learngene_tools.specs import build_model, default_input_size, is_model_spec
+from learngene_tools.keysets import align_model
+from learngene_tools.specs import build_model, is_model_spec
+from learngene_tools.tracing import model_device, model_input_size
 from learngene_tools.transplantation.convs import TargetConv, convs_from_state, trace_convs
+
+NOT_IDENTIFIED = ("the architecture was not identified ({why}); strides are estimated from channel widths, "
+                  "so placements may be wrong: pass --arch SPEC (timm:NAME, torchvision:NAME or pkg.module:factory) "
+                  "to trace it, or --require-traced to refuse")
 
 
 def open_target(target: str | Path, seed: int = 0, trust_pickle: bool = False) -> tuple[Checkpoint, torch.nn.Module | None]:
-    """A target checkpoint file, or a freshly built model for a spec such as `timm:resnet50`."""
+    """A target checkpoint file or folder, or a freshly built model for a spec such as `timm:resnet50`."""
     if isinstance(target, str) and is_model_spec(target):
         model = build_model(target, seed=seed)
         return checkpoint_from_state_dict(model.state_dict(), target, arch=target), model
-    return load_checkpoint(target, trust_pickle=trust_pickle), None
+    ckpt = load_checkpoint(target, trust_pickle=trust_pickle)
+    ckpt.check_copies_agree()
+    return ckpt, None
 
 
-def target_convs(
-    ckpt: Checkpoint, arch: str | None, model: torch.nn.Module | None = None,
-    input_size: tuple[int, ...] | None = None, seed: int = 0,
-) -> list[TargetConv]:
-    """The target's convs: traced through `arch` (or the built model) when given, else from the state_dict."""
-    if arch is None and model is None:
-        return convs_from_state(ckpt.shapes, module_order=ckpt.fmt != "safetensors")
-    if model is None:
-        model = build_model(arch, seed=seed)  # type: ignore[arg-type]
-    first = next((s for s in ckpt.shapes.values() if len(s) == 4), None)
-    in_chans = first[1] if first else 3
-    c, h, w = default_input_size(model, in_chans)
-    if input_size is not None:
-        h, w = input_size[-2:]
-        c = input_size[0] if len(input_size) == 3 else c
-    return trace_convs(model, (c, h, w), ckpt.shapes)
+def _classifier(model: nn.Module) -> tuple[str, ...]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    heads = cfg.get("classifier") or () if isinstance(cfg, dict) else ()
+    return (heads,) if isinstance(heads, str) else tuple(heads)
 
 
-def describe_target(target: str | Path, arch: str | None = None, trust_pickle: bool = False) -> dict[str, Any]:
-    """Describe a checkpoint (or model spec): format, wrapper, and every conv with what a transplant does with it."""
+def given_architecture(ckpt: Checkpoint, arch: str, seed: int = 0) -> Architecture:
+    """The `--arch` model, built, with its keys aligned with the checkpoint's (a prefix or save-time rename apart)."""
+    model = build_model(arch, seed=seed)
+    key_map = align_model(model, ckpt.shapes, _classifier(model), what=f"the --arch model {arch}")
+    return Architecture(arch, "given with --arch", lambda meta: model, key_map=key_map)
+
+
+def architectures(ckpt: Checkpoint, arch: str | None = None, model: nn.Module | None = None, seed: int = 0,
+                  notify: Callable[[str], None] | None = None) -> tuple[list[Architecture], str]:
+    """The architectures to trace (one when given or hinted; all exact matches otherwise), or none and why."""
+    if model is not None:
+        return [Architecture(ckpt.source, "model spec", lambda meta: model)], ""
+    if arch is not None:
+        return [given_architecture(ckpt, arch, seed)], ""
+    found = identify(ckpt, ckpt.path, notify)
+    if found.more:
+        return [], f"its keys match {len(found.candidates) + found.more} architectures"
+    if not found.candidates:
+        return [], "no model that timm, torchvision or the installed descendant packages build has its keys and shapes"
+    return found.candidates, ""
+
+
+def traced_convs(ckpt: Checkpoint, arch: Architecture, input_size: tuple[int, ...] | None = None,
+                 grouped: str = "skip") -> list[TargetConv]:
+    """The target's convs traced through `arch` (on the meta device when it builds there; on cpu otherwise)."""
+    model = arch.build(True)
+    arch.modules = sum(1 for _ in model.modules())
+    for attempt in (0, 1):
+        try:
+            return trace_convs(model, model_input_size(model, input_size), ckpt.shapes, arch.key_map, grouped)
+        except ModelError:
+            if attempt or model_device(model).type != "meta":
+                raise
+            model = arch.build(False)  # a forward that needs real values (a data-dependent branch)
+    raise AssertionError("unreachable")
+
+
+def estimated_convs(ckpt: Checkpoint, grouped: str = "skip") -> list[TargetConv]:
+    """The target's convs from its keys, shapes and order alone (strides estimated)."""
+    first = ckpt.weight_sets[0][0] if ckpt.weight_sets else ckpt
+    return convs_from_state(ckpt.shapes, module_order=first.fmt != "safetensors", grouped=grouped)
+
+
+def conv_signature(convs: list[TargetConv]) -> list[tuple]:
+    """What placement depends on, conv by conv (to tell whether two architectures trace the same)."""
+    return [(c.key, c.reduction, c.groups, c.bn, c.producer, c.eligible) for c in convs]
+
+
+def note(message: str) -> None:
+    """A note on stderr: what takes long happens once (building the architecture index for new package versions)."""
+    print(f"note: {message}", file=sys.stderr)
+
+
+def describe_target(target: str | Path, arch: str | None = None, trust_pickle: bool = False,
+                    input_size: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Describe a checkpoint (or model spec): format, wrapper, identification, and every conv with what a transplant
+    does with it."""
     ckpt, model = open_target(target, trust_pickle=trust_pickle)
-    arch = arch or ckpt.arch
-    convs = target_convs(ckpt, arch, model)
+    options, why = architectures(ckpt, arch, model, notify=note)
+    identification: dict[str, Any]
+    if options:
+        convs = traced_convs(ckpt, options[0], input_size)
+        same = [a.spec for a in options[1:] if conv_signature(traced_convs(ckpt, a, input_size)) == conv_signature(convs)]
+        differ = [a.spec for a in options[1:] if a.spec not in same]
+        options[0].also = tuple(same)
+        identification = {"arch": options[0].spec, "how": options[0].how, "text": options[0].describe(),
+                          "also": same, "differing": differ}
+        if differ:
+            identification["text"] += (f"; {', '.join(differ)} also match(es) with other strides: a transplant "
+                                       "compares their plans")
+    else:
+        convs = estimated_convs(ckpt)
+        identification = {"arch": None, "how": None, "text": f"not identified: {why}", "also": [], "differing": []}
     if not convs:
         raise ModelError(f"{target}: has no conv layer (no 4-D weight); lgt transplants into CNN checkpoints")
     n_params = 0
@@ -57,10 +125,13 @@ def describe_target(target: str | Path, arch: str | None = None, trust_pickle: b
         "file": ckpt.source,
         "format": ckpt.fmt,
         "wrapper": ckpt.wrapper_desc,
+        "copies": ckpt.copy_labels,
+        "optimizer_state": ckpt.optimizer_state,
         "tensors": len(ckpt.shapes),
         "params": n_params,
-        "strides": "traced" if arch else "estimated",
-        "arch": arch,
+        "strides": "traced" if options else "estimated",
+        "arch": options[0].spec if options else None,
+        "identification": identification,
         "metadata": {k: v for k, v in ckpt.metadata.items() if k.startswith(("lgt.", "learngene."))},
         "convs": [
             {"key": c.key, "shape": list(c.shape), "reduction": c.reduction, "groups": c.groups, "bn": c.bn,
@@ -71,8 +142,11 @@ def describe_target(target: str | Path, arch: str | None = None, trust_pickle: b
 
 
 def default_output(target: str | Path) -> Path:
-    """`<target stem>_lg<suffix>` in the current folder (`<model>_lg.safetensors` for a model spec)."""
+    """`<target stem>_lg<suffix>` in the current folder (`<model>_lg.safetensors` for a model spec, `<name>_lg/`
+    for a folder)."""
     if isinstance(target, str) and is_model_spec(target):
         return Path(f"{target.split(':', 1)[1].replace('.', '_')}_lg.safetensors")
     p = Path(target)
+    if p.is_dir():
+        return Path(f"{p.resolve().name}_lg")
     return Path(f"{p.stem}_lg{p.suffix or '.pt'}")

@@ -1,0 +1,65 @@
+"""Folder outputs (save_pretrained layouts): the checks before any work, and an all-or-nothing write."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from learngene_tools.errors import OutputError
+
+
+def _inside(p: Path, folder: Path) -> bool:
+    try:
+        p.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_folder_output(out: Path, inputs: list[Path], force: bool) -> None:
+    """Refuse an output folder that is, holds or sits inside an input, or exists without --force."""
+    for p in inputs:
+        if p.exists() and (_inside(out, p) if p.is_dir() else False):
+            raise OutputError(f"{out}: is inside the input folder {p}; inputs are never modified, choose another path")
+        if p.exists() and _inside(p, out):
+            raise OutputError(f"{out}: holds the input {p}; inputs are never modified, choose another path")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file; the target is a folder and is written as one, give a folder name")
+    if out.exists() and not force:
+        raise OutputError(f"{out}: already exists; pass --force to replace it")
+    if not out.parent.exists():
+        raise OutputError(f"{out.parent}: output folder does not exist")
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file to disk."""
+    with open(path, "rb+") as f:
+        os.fdatasync(f.fileno()) if hasattr(os, "fdatasync") else os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `out`; on success it replaces `out` by renames, else it is removed.
+
+    A crash leaves either the old `out` or the new one (never a half-written folder under that name).
+    """
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                fsync_file(p)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        for p in (tmp, old):
+            if p.exists():
+                shutil.rmtree(p, ignore_errors=True)
