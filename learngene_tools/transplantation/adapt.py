@@ -118,3 +118,9 @@ def adapt_vector(src: torch.Tensor, keep: list[int | None], target: torch.Tensor
     if have:
         out[have] = src.float()[[keep[t] for t in have]]
     return out
+
+
+def std_ratio(w: torch.Tensor, reference: torch.Tensor) -> float:
+    """The factor that gives `w` the standard deviation of `reference` (1.0 when either is constant)."""
+    sw, sr = float(w.float().std()), float(reference.float().std())
+    return sr / sw if sw > 0 and sr > 0 else 1.0

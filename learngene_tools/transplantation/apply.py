@@ -14,7 +14,7 @@ from learngene_tools.extraction.bundle import BN_PARTS, Bundle, read_bundle
 from learngene_tools.io.checkpoint import Checkpoint, output_format, save_checkpoint
 from learngene_tools.io.files import check_output
 from learngene_tools.specs import is_model_spec
-from learngene_tools.transplantation.adapt import adapt_vector, adapt_weight, layer_generator
+from learngene_tools.transplantation.adapt import adapt_vector, adapt_weight, layer_generator, std_ratio
 from learngene_tools.transplantation.planner import TransplantPlan, TransplantSettings, plan_transplant
 from learngene_tools.transplantation.target import open_target
 
@@ -31,11 +31,14 @@ def adapted_tensors(plan: TransplantPlan, bundle: Bundle, ckpt: Checkpoint) -> d
         gen = layer_generator(plan.seed, a.layer)
         follow = keeps[a.follow] if a.in_map == "follow" and a.follow else None
         w = adapt_weight(bundle.tensors[rec.weight_name], a.target_shape, keeps[a.layer], follow, gen)  # type: ignore[arg-type]
-        updates[a.target] = w.to(ckpt.dtypes[a.target])  # type: ignore[index]
+        scale = std_ratio(w, ckpt.tensor(a.target)) if plan.rescale else 1.0  # type: ignore[arg-type]
+        updates[a.target] = (w * scale).to(ckpt.dtypes[a.target])  # type: ignore[index]
         if a.bn:
             for p in BN_PARTS:
                 key = f"{a.bn}.{p}"
                 new = adapt_vector(bundle.tensors[rec.bn_name(p)], keeps[a.layer], ckpt.tensor(key))
+                # the conv's output scales by `scale`: its BN statistics follow, so the BN output is unchanged
+                new = new * scale if p == "running_mean" else new * scale**2 if p == "running_var" else new
                 updates[key] = new.to(ckpt.dtypes[key])
     return updates
 
@@ -60,7 +63,7 @@ def apply_plan(plan: TransplantPlan, out: str | Path, *, force: bool = False, re
     updates = adapted_tensors(plan, bundle, ckpt)
     record = {
         "bundle": Path(bundle.source).name, "bundle_hash": plan.bundle_hash, "seed": plan.seed,
-        "transfer_bn": plan.transfer_bn, "layers": {a.layer: a.target for a in plan.placed},
+        "transfer_bn": plan.transfer_bn, "rescale": plan.rescale, "layers": {a.layer: a.target for a in plan.placed},
         **({"recipe": recipe} if recipe else {}),
     }
     save_checkpoint(ckpt, updates, out, metadata={TRANSPLANT_KEY: json.dumps(record, sort_keys=True)})

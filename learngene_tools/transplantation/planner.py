@@ -29,6 +29,8 @@ class TransplantSettings:
                                      "traced for exact strides and execution order.", metavar="SPEC")
     seed: int = setting(0, "Seed for every random draw.")
     transfer_bn: bool = setting(True, "Carry the learngene's BatchNorm with its conv.", name="bn")
+    rescale: bool = setting(False, "Rescale each transplanted kernel to the standard deviation of the target conv's "
+                                   "own weight (its fresh init), BN statistics scaled to match.")
     input_size: tuple[int, ...] | None = setting(None, "Dummy input [C,]H,W for tracing --arch "
                                                        "(default: the model's own).", metavar="C,H,W")
     trust_pickle: bool = setting(False, "Allow arbitrary pickled objects in the target (trusted files only).",
@@ -86,6 +88,7 @@ class TransplantPlan:
     assignments: tuple[Assignment, ...]
     convs: tuple[TargetConv, ...]
     target_checkpoint: Checkpoint | None = field(default=None, compare=False, repr=False)  # the opened target
+    rescale: bool = False  # kernels rescaled to the target conv's own standard deviation when applied
 
 
     @property
@@ -108,7 +111,7 @@ class TransplantPlan:
         return {
             "bundle": self.bundle, "bundle_hash": self.bundle_hash, "target": self.target,
             "target_format": self.target_format, "wrapper": self.wrapper, "arch": self.arch,
-            "strides": self.strides, "seed": self.seed, "transfer_bn": self.transfer_bn,
+            "strides": self.strides, "seed": self.seed, "transfer_bn": self.transfer_bn, "rescale": self.rescale,
             "assignments": [{**asdict(a), "keep": list(a.keep)} for a in self.assignments],
             "convs": [
                 {"key": c.key, "shape": list(c.shape), "reduction": c.reduction, "groups": c.groups, "bn": c.bn,
@@ -231,4 +234,4 @@ def plan_transplant(bundle: str | Path, target: str | Path, settings: Transplant
     convs = target_convs(ckpt, arch, model, s.input_size, s.seed)
     plan = place_layers(header, convs, target=ckpt.source, target_format=ckpt.fmt, wrapper=ckpt.wrapper_desc,
                         arch=arch, seed=s.seed, transfer_bn=s.transfer_bn)
-    return replace(plan, target_checkpoint=ckpt)
+    return replace(plan, target_checkpoint=ckpt, rescale=s.rescale)
