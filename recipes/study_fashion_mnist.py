@@ -120,3 +120,10 @@ def run_study(work: Path, results: Path, bundles: dict[str, Path]) -> None:
     s2 = replace(SETTINGS, test=True)
     run_phase("phase2", phase2_arms(bundles, choice["chosen"]), s2, results, threads=2)
     print(f"[study] {(time.time() - t0) / 60:.1f} min", flush=True)
+
+
+def run_large(work: Path, results: Path, bundles: dict[str, Path]) -> None:
+    """Part C: phase 2 again with twice the training images, with the options phase 1 chose."""
+    chosen = json.loads((results / "study_fashion_mnist_choice.json").read_text())["chosen"]
+    s = replace(SETTINGS, test=True, train_limit=2 * SETTINGS.train_limit)  # type: ignore[operator]
+    run_phase("phase2_large", phase2_arms(bundles, chosen), s, results, threads=2)

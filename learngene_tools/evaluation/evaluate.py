@@ -58,7 +58,7 @@ def evaluate(
         if there and not (force or resume):
             raise OutputError(f"{there[0]}: already exists; pass --force to overwrite it or --resume to continue it")
     headers = {str(a.bundle): read_bundle_header(a.bundle) for a in arms if a.bundle is not None}
-    teacher_arch = s.teacher_arch or next((h.provenance.get("ancestry", {}).get("arch") for h in headers.values()), None)
+    teacher_arch = s.teacher_arch or next(filter(None, (_ancestry_arch(h.provenance) for h in headers.values())), None)
     if teacher is not None and teacher_arch is None:
         raise SettingsError("give --teacher-arch (the teacher's model spec): no bundle names its ancestry")
     if paths is not None:
@@ -107,3 +107,9 @@ def evaluate(
             plot(record, tmp, title)
         record["outputs"] = {k: str(v) for k, v in paths.items()}
     return record
+
+
+def _ancestry_arch(provenance: dict[str, Any]) -> str | None:
+    """The ancestry's model spec a bundle records (None for a bundle of an untrained auxiliary model)."""
+    ancestry = provenance.get("ancestry")
+    return ancestry.get("arch") if isinstance(ancestry, dict) else None
