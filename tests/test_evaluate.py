@@ -369,3 +369,29 @@ def test_lgt_evaluate_resume_json_and_refusals(bundle_tiny: Path, tmp_path: Path
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--force" in r.stderr and r.stdout == ""
     r = cli.invoke(app, ["evaluate", str(bundle_tiny), "--data", "synthetic", "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--arch" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_lgt_transplant_rescale_is_planned_written_and_recorded(bundle_tiny: Path, tmp_path: Path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    out = tmp_path / "tiny_lg.safetensors"
+    plan = api.transplant(bundle_tiny, SPEC, out, arch=SPEC, input_size=(16, 16), rescale=True)
+    assert plan.rescale and plan.to_json()["rescale"] is True
+    with safe_open(str(out), framework="pt") as f:
+        assert json.loads(f.metadata()["learngene.transplant"])["rescale"] is True
+    written, init = load_file(str(out)), build_descendant(SPEC, 0, 3, 4).state_dict()
+    for a in plan.placed:
+        assert abs(float(written[a.target].std()) - float(init[a.target].std())) < 1e-4
+
+
+def test_an_evaluate_recipe_sets_its_options(tmp_path: Path):
+    from learngene_tools.recipes import load_recipe
+
+    path = tmp_path / "ev.toml"
+    path.write_text('[recipe]\nname = "ev"\n[evaluate]\narch = "timm:resnet18"\ndata = "synthetic"\n'
+                    'fractions = [1.0, 0.1]\nbn = ["transfer", "target"]\n')
+    assert load_recipe(path, "evaluate").values["bn"] == ("transfer", "target")
+    path.write_text('[evaluate]\narch = "timm:resnet18"\nfraction = [1.0]\n')
+    with pytest.raises(LgtError, match="unknown key 'fraction'"):
+        load_recipe(path, "evaluate")

@@ -38,7 +38,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run every arm x fraction x seed, then write NAME.json/.md/.png into `out_dir` (nothing when None); returns the record."""
     from learngene_tools.evaluation.data import load_task
-    from learngene_tools.evaluation.report import markdown, plot, summarise
+    from learngene_tools.evaluation.report import render, summarise
     from learngene_tools.extraction.bundle import read_bundle_header
 
     s = settings
@@ -98,13 +98,9 @@ def evaluate(
 
         from learngene_tools.io.files import atomic_path
 
-        title = f"lgt evaluate: {', '.join(sorted({Path(p).name for p in headers})) or 'scratch'} in {s.arch}"
         with atomic_path(paths["json"]) as tmp:
             tmp.write_text(json.dumps(record, indent=1))
-        with atomic_path(paths["md"]) as tmp:
-            tmp.write_text(markdown(record, title))
-        with atomic_path(paths["png"]) as tmp:
-            plot(record, tmp, title)
+        render(record, paths["md"], paths["png"])
         record["outputs"] = {k: str(v) for k, v in paths.items()}
     return record
 

@@ -101,20 +101,22 @@ def markdown(record: dict[str, Any], title: str) -> str:
         n = next((get[(f, a)]["train_images"] for a in arms if (f, a) in get), 0)
         lines.append(f"| {_pct(f)} ({n} img) | " + " | ".join(row) + " |")
     others = [a for a in arms if a != SCRATCH]
+    has_test = any("delta_test_final" in c for c in cells)
     if others:
         lines += ["", "Paired against scratch (same seed: same init outside the plan, same batches and augmentation); "
                   "Δ = mean of per-seed differences ± its standard error; epochs = first epoch at which the run reaches "
                   f"its seed's scratch accuracy after epoch {s['epochs']} ('-': not within the schedule):", "",
-                  "| data | arm | Δ val, epoch 1 | Δ val, final | Δ test, final | epochs to reach scratch |",
-                  "|---|---|---|---|---|---|"]
+                  "| data | arm | Δ val, epoch 1 | Δ val, final | " + ("Δ test, final | " if has_test else "")
+                  + "epochs to reach scratch |", "|---|---|---|---|" + ("---|" if has_test else "") + "---|"]
         for f in fractions:
             for a in others:
                 c = get.get((f, a))
                 if c is None or "delta_val_final" not in c:
                     continue
                 reach = ", ".join("-" if e is None else str(e) for e in c["epochs_to_scratch_final"])
+                test = f"{_delta(c.get('delta_test_final'))} | " if has_test else ""
                 lines.append(f"| {_pct(f)} | {a} | {_delta(c['delta_val_epoch1'])} | {_delta(c['delta_val_final'])} | "
-                             f"{_delta(c.get('delta_test_final'))} | {reach} |")
+                             f"{test}{reach} |")
     if any("test_final" in c for c in cells):
         lines += ["", "Test top-1 (%) of the final models, mean ± std over seeds:", "",
                   "| data | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
@@ -139,6 +141,7 @@ def plot(record: dict[str, Any], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fractions = record["settings"]["fractions"]
     arms = [a["name"] for a in record["arms"]]
@@ -156,6 +159,7 @@ def plot(record: dict[str, Any], path: Path, title: str) -> None:
             ax.fill_between(epochs, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
                             color=colour, alpha=0.12)
         ax.set_title(f"{_pct(f)} of the training data")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation top-1 (%)")
         ax.grid(alpha=0.3)
@@ -164,3 +168,22 @@ def plot(record: dict[str, Any], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+def title_of(record: dict[str, Any]) -> str:
+    """A short title: the bundle (or how many), the descendant and the data."""
+    names = sorted({Path(p).name for p in record.get("bundles", {})})
+    what = names[0] if len(names) == 1 else f"{len(names)} learngenes" if names else "scratch"
+    arch = str(record["settings"]["arch"]).rsplit(":", 1)[-1]
+    return f"lgt evaluate: {what} in {arch} on {Path(str(record['settings']['data'])).name}"
+
+
+def render(record: dict[str, Any], md_path: Path, png_path: Path) -> None:
+    """Write the Markdown report and the figure of a record (atomically)."""
+    from learngene_tools.io.files import atomic_path
+
+    title = title_of(record)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(markdown(record, title))
+    with atomic_path(png_path) as tmp:
+        plot(record, tmp, title)

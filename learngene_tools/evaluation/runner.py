@@ -196,19 +196,20 @@ def _run_parallel(ctx: Context, todo: list[tuple[Arm, float, int]], jobs: int, e
     import torch.multiprocessing as tmp
 
     mp = tmp.get_context("spawn")
-    events = mp.Manager().Queue()
     cuda = Device.pick(ctx.settings.device, ctx.settings.precision).device.type == "cuda"
     threads = 0 if cuda else max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp, initializer=_init_worker,
-                             initargs=(ctx, events, threads)) as pool:
-        pending = {pool.submit(_work, *job): job for job in todo}
-        while pending:
-            finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+    with mp.Manager() as manager:
+        events = manager.Queue()
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp, initializer=_init_worker,
+                                 initargs=(ctx, events, threads)) as pool:
+            pending = {pool.submit(_work, *job): job for job in todo}
+            while pending:
+                finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(events, emit)
+                for fut in finished:
+                    job = pending.pop(fut)
+                    done(*job, fut.result())
             _drain(events, emit)
-            for fut in finished:
-                job = pending.pop(fut)
-                done(*job, fut.result())
-        _drain(events, emit)
 
 
 def _drain(events: Any, emit: Progress) -> None:
