@@ -395,3 +395,23 @@ def test_an_evaluate_recipe_sets_its_options(tmp_path: Path):
     path.write_text('[evaluate]\narch = "timm:resnet18"\nfraction = [1.0]\n')
     with pytest.raises(LgtError, match="unknown key 'fraction'"):
         load_recipe(path, "evaluate")
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(terminal: bool):
+    import io
+
+    from rich.console import Console
+
+    from learngene_tools.evaluation.progress import progress_printer
+
+    buf = io.StringIO()
+    show = progress_printer(Console(file=buf, force_terminal=terminal, width=120))
+    show({"kind": "start", "runs": 2, "epochs": 1, "reused": 1})
+    show({"kind": "run", "run": "scratch 100% seed 0", "reused": True, "val_acc": 50.0, "test_acc": None, "seconds": 1})
+    show({"kind": "epoch", "run": "clkg 100% seed 0", "epoch": 1, "epochs": 1, "val_acc": 61.5, "val_loss": 1.0,
+          "train_loss": 1.2, "seconds": 0.5})
+    show({"kind": "run", "run": "clkg 100% seed 0", "reused": False, "val_acc": 61.5, "test_acc": 60.0, "seconds": 2})
+    text = buf.getvalue()
+    assert "[2/2] clkg 100% seed 0: val 61.50 %, test 60.00 % (2 s)" in text and "(reused)" in text
+    assert ("epoch 1/1: val 61.50 %" in text) != terminal  # per-epoch lines only off a terminal

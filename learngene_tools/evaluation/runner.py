@@ -96,19 +96,20 @@ def run_one(ctx: Context, arm: Arm, fraction: float, seed: int, on_epoch: Progre
         plan_info = {"layers_placed": len(plan.placed), "layers": len(plan.assignments),
                      "params_initialised": plan.params_initialised,
                      "targets": {a.layer: a.target for a in plan.placed}}
-        if arm.bn == "reestimate":
-            g = torch.Generator().manual_seed(1_000_003 + seed)
-            order = torch.randperm(len(train), generator=g)
-            batches = [to_model_input(normalise(train.images[order[i : i + s.batch_size]], mean.cpu(), std.cpu()), in_chans)
-                       for i in range(0, min(len(train), s.bn_batches * s.batch_size), s.batch_size)]
-            reestimate_bn(model, transplanted_bns(model, plan), batches)
     kd = None
-    if arm.kd:
+    if arm.kd:  # built on the CPU model (its taps are traced there), then moved with it
         from learngene_tools.evaluation.kd import build_kd
 
         kd = build_kd(model, ctx.teacher, ctx.teacher_arch, (in_chans, h, w), trust_pickle=ctx.trust_pickle)  # type: ignore[arg-type]
         kd = kd.to(dev.device)
     model = model.to(dev.device, memory_format=torch.channels_last if dev.channels_last else torch.preserve_format)
+    if arm.bundle is not None and arm.bn == "reestimate":
+        g = torch.Generator().manual_seed(1_000_003 + seed)
+        order = torch.randperm(len(train), generator=g)
+        batches = [dev.put(to_model_input(normalise(train.images[order[i : i + s.batch_size]].to(dev.device), mean, std),
+                                          in_chans))
+                   for i in range(0, min(len(train), s.bn_batches * s.batch_size), s.batch_size)]
+        reestimate_bn(model, transplanted_bns(model, plan), batches)
     schedule = Schedule(s.epochs, s.batch_size, s.lr, s.weight_decay, s.augment, s.min_steps)
     curve = fine_tune(model, train, data.val, schedule, seed, dev, mean, std, in_chans, kd=kd, kd_weight=s.kd_weight,
                       on_epoch=on_epoch)
