@@ -161,6 +161,21 @@ def _cells_table(record: dict[str, Any], with_test: bool) -> list[str]:
     return lines
 
 
+NOTES = """## Notes and deviations
+
+- Wall time: part A was committed at 14:34 and its first distillation started then; stopped at 14:39
+  (amendment A1, nothing of it used), restarted 14:40; the learngenes were done at 15:05, phases 1-2
+  ran 15:05-15:26, part C 15:26-15:50: 76 minutes in all, while other engineers' test suites kept the
+  load average of the 2 cores between 6 and 15. The first learngene ran with 2 torch threads (15 min for
+  200 steps); the others and all fine-tuning with 1 thread per process (two processes at a time).
+- Code: phases 1-2 ran the library at commit 485c7c3, part C at 3aab813 plus two edits later committed in
+  338146a (the lifetime of the worker processes' queue manager, the report's test column). Later commits moved BN re-estimation onto the training device (the same computation on a
+  CPU) and changed the reports' presentation (titles, integer epoch ticks): `report` re-renders the per-phase .md/.png from the records.
+- The 10 % and 3 % fractions get the same 50 optimiser steps (`--min-steps 50`), so 3 % is not always below
+  10 % (part C's scratch: 61.7 vs 60.1 on validation, both with large spread).
+"""
+
+
 def report_study(work: Path, results: Path) -> Path:
     """recipes/results/study_fashion_mnist.md: the study's tables from its records, and how long each part took."""
     rec1 = json.loads((results / "study_fashion_mnist_phase1.json").read_text())
@@ -207,5 +222,5 @@ def report_study(work: Path, results: Path) -> Path:
     for p, _ in phases:  # the per-phase report and figure again, from the record, with the current report code
         render(records[p], results / f"study_fashion_mnist_{p}.md", results / f"study_fashion_mnist_{p}.png")
     out = results / "study_fashion_mnist.md"
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines) + "\n" + NOTES)
     return out
