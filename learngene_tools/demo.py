@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from learngene_tools.describe import describe_bundle
 from learngene_tools.extraction.aux_checkpoint import save_aux
 from learngene_tools.extraction.auxiliary import VARIANTS, create_aux
+from learngene_tools.extraction.bundle import describe_bundle
 from learngene_tools.extraction.selection import SelectionSettings, select_from_file
 from learngene_tools.io.files import check_output
+from learngene_tools.specs import build_model
 from learngene_tools.transplantation.apply import transplant
 
 DEMO_AUX = "lgt_aux_small"
@@ -20,11 +21,13 @@ def run_demo(out_dir: str | Path, target: str = "timm:resnet50", force: bool = F
     import torch
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     aux_path, bundle_path = out_dir / "aux.safetensors", out_dir / "learngene.safetensors"
     output = out_dir / f"{target.split(':', 1)[-1].replace('.', '_')}_lg.safetensors"
     for p in (aux_path, bundle_path, output):
-        check_output(p, [], force)
+        if p.parent.exists():
+            check_output(p, [], force)
+    build_model(target, seed=seed)  # a target that cannot be built fails before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     save_aux(create_aux(VARIANTS[DEMO_AUX]), aux_path)
     select_from_file(aux_path, bundle_path, SelectionSettings())

@@ -32,9 +32,7 @@ def build_model(spec: str, seed: int = 0, **kwargs: Any) -> nn.Module:
     prefix, _, name = spec.partition(":") if ":" in spec else ("timm", ":", spec)
     try:
         if prefix == "timm":
-            import timm
-
-            import learngene_tools.extraction.auxiliary  # noqa: F401  (registers lgt_aux_* with timm)
+            import timm  # importing learngene_tools registered lgt_aux_* and replknet_* with timm
 
             if not timm.is_model(name):
                 raise ModelError(f"unknown timm model {name!r}; `python -c \"import timm; print(timm.list_models('*{name[:4]}*'))\"` lists near names")

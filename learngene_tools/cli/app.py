@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import typer
 
@@ -250,13 +251,25 @@ def _distill_args(inputs: Inputs, synthetic: bool) -> tuple[Any, Any]:
                             "procedural images are used)")
     if not is_hf_ref(opts.ancestry) and not Path(opts.ancestry).is_file():
         raise NotFoundError(f"{opts.ancestry}: no such ancestry checkpoint")
-    notes = [] if (inputs.quiet or not _is_main_process()) else [f"warning: {w}" for w in settings.schedule_warnings()]
-    if settings.data is None and not synthetic:
+    notes = []
+    if settings.data is None and not synthetic and not inputs.quiet and _is_main_process():
         notes.append("note: no --data: distilling data-free on procedural images; give --data DIR (a folder of "
                      "images, e.g. ImageNet's train/) to distil on real ones")
     progress = None if (inputs.quiet or inputs.as_json) else render.progress_printer(err, settings.steps,
                                                                                       plain=inputs.verbose)
     return settings, replace(opts, progress=_after_setup(notes, progress), recipe=inputs.recipe)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(inputs: Inputs) -> Iterator[None]:
+    """Warnings raised while a command runs (e.g. an inconsistent schedule) as one `warning:` line each."""
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        err.print(f"warning: {message}", soft_wrap=True, highlight=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if inputs.quiet else "default")
+        warnings.showwarning = show
+        yield
 
 
 def _after_setup(notes: list[str], progress: Callable[[dict[str, Any]], None] | None) -> Any:
@@ -278,7 +291,8 @@ def distill(inputs: Inputs) -> None:
     from learngene_tools import api
 
     settings, opts = _distill_args(inputs, inputs[DistillCommand].synthetic)
-    summary = api.distill(settings, opts)
+    with _warnings_as_lines(inputs):
+        summary = api.distill(settings, opts)
     if not _is_main_process():
         return
     if inputs.as_json:
@@ -298,7 +312,8 @@ def extract(inputs: Inputs) -> None:
 
     cmd: ExtractCommand = inputs[ExtractCommand]
     settings, opts = _distill_args(inputs, cmd.synthetic)
-    summary = api.extract(settings, opts, cmd.output, inputs[SelectionSettings])
+    with _warnings_as_lines(inputs):
+        summary = api.extract(settings, opts, cmd.output, inputs[SelectionSettings])
     if not _is_main_process():
         return
     if inputs.as_json:

@@ -113,7 +113,7 @@ class LargeKernelConv(nn.Module):
     def __init__(self, channels: int, kernel: int, small_kernel: int | None, merged: bool = False) -> None:
         super().__init__()
         if small_kernel is not None and (small_kernel > kernel or (kernel - small_kernel) % 2):
-            raise ValueError(f"small kernel {small_kernel} must be <= the large kernel {kernel} and of the same parity")
+            raise ModelError(f"small kernel {small_kernel} must be <= the large kernel {kernel} and of the same parity")
         self.channels, self.kernel_size, self.small_kernel = channels, kernel, small_kernel
         if merged:
             self.lkb_reparam = nn.Conv2d(channels, channels, kernel, 1, kernel // 2, groups=channels, bias=True)
@@ -247,9 +247,9 @@ class RepLKNet(nn.Module):
     ) -> None:
         super().__init__()
         if not len(kernels) == len(layers) == len(channels) or not layers:
-            raise ValueError("kernels, layers and channels need one entry per stage")
+            raise ModelError("kernels, layers and channels need one entry per stage")
         if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool {global_pool!r} is not supported (use 'avg' or '')")
+            raise ModelError(f"global_pool {global_pool!r} is not supported (use 'avg' or '')")
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = channels[-1]
         self.drop_rate = drop_rate
@@ -308,7 +308,7 @@ class RepLKNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool {global_pool!r} is not supported (use 'avg' or '')")
+                raise ModelError(f"global_pool {global_pool!r} is not supported (use 'avg' or '')")
             self.global_pool_type = global_pool
             self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
         self.num_classes = num_classes
@@ -332,7 +332,7 @@ class RepLKNet(nn.Module):
         from timm.models._features import feature_take_indices
 
         if output_fmt != "NCHW":
-            raise ValueError("RepLKNet intermediates are NCHW only")
+            raise ModelError("RepLKNet intermediates are NCHW only")
         take, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         feats = []

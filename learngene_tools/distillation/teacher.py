@@ -18,17 +18,24 @@ class _TapsDone(Exception):
 
 
 class Teacher(nn.Module):
-    """Runs `model` up to its last tap and returns the tapped feature maps, in order."""
+    """Runs `model` up to its last tap and returns the tapped feature maps, in order.
 
-    def __init__(self, model: nn.Module, taps: Sequence[str]) -> None:
+    With `indices` (positions in a timm model's feature_info) the maps come from the model's own
+    `forward_intermediates`; without, forward hooks on the `taps` modules collect them.
+    """
+
+    def __init__(self, model: nn.Module, taps: Sequence[str], indices: Sequence[int] | None = None) -> None:
         super().__init__()
         self.model = model
         self.taps = list(taps)
+        self.indices = None if indices is None else list(indices)
+        self._out: dict[str, torch.Tensor] = {}
+        if self.indices is not None:
+            return
         modules = dict(model.named_modules())
         missing = [t for t in self.taps if t not in modules]
         if missing:
             raise ModelError(f"teacher has no module named {', '.join(missing)} (taps are module names such as layer2)")
-        self._out: dict[str, torch.Tensor] = {}
         for name in self.taps:
             modules[name].register_forward_hook(self._hook(name))
 
@@ -41,6 +48,20 @@ class Teacher(nn.Module):
         return hook
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self._intermediates(x) if self.indices is not None else self._hooked(x)
+        for name, f in zip(self.taps, feats):
+            if f.ndim != 4:
+                raise ModelError(f"teacher tap {name} gave a {f.ndim}-d output {tuple(f.shape)}; taps must give NCHW maps")
+        return feats
+
+    def _intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True, stop_early=True)
+        if len(feats) != len(self.taps):
+            raise ModelError(f"the teacher's forward_intermediates gave {len(feats)} maps for feature indices "
+                             f"{self.indices}; name its stages with --taps")
+        return list(feats)
+
+    def _hooked(self, x: torch.Tensor) -> list[torch.Tensor]:
         self._out = {}
         try:
             self.model(x)
@@ -50,23 +71,26 @@ class Teacher(nn.Module):
         if missing:
             raise ModelError(f"teacher taps {missing} were not reached in the forward pass")
         feats, self._out = [self._out[t] for t in self.taps], {}
-        for name, f in zip(self.taps, feats):
-            if f.ndim != 4:
-                raise ModelError(f"teacher tap {name} gave a {f.ndim}-d output {tuple(f.shape)}; taps must give NCHW maps")
         return feats
 
 
 def taps_from_feature_info(model: nn.Module) -> list[str] | None:
     """For a timm model: the last feature_info module at each of strides 4, 8 and 16."""
+    found = _feature_info_taps(model)
+    return None if found is None else [name for _, name in found]
+
+
+def _feature_info_taps(model: nn.Module) -> list[tuple[int, str]] | None:
+    """(feature_info index, module name) of the last feature at each of strides 4, 8 and 16, or None."""
     info = getattr(model, "feature_info", None)
     if not isinstance(info, list) or not info or not all(isinstance(i, dict) for i in info):
         return None
     taps = []
     for r in TAP_REDUCTIONS:
-        names = [i["module"] for i in info if i.get("reduction") == r]
-        if not names:
+        at = [(i, f["module"]) for i, f in enumerate(info) if f.get("reduction") == r]
+        if not at:
             return None
-        taps.append(names[-1])
+        taps.append(at[-1])
     return taps
 
 
@@ -116,8 +140,19 @@ def build_teacher(arch: str, checkpoint: str | Path | None, taps: Sequence[str] 
 
         load_ancestry_checkpoint(model, checkpoint, trust_pickle=trust_pickle)
     model.eval().requires_grad_(False)
-    chosen = list(taps) if taps else (taps_from_feature_info(model) or trace_taps(model, (3, img_size, img_size)))
-    return Teacher(model, chosen), {"arch": arch, "taps": chosen, "merged": bool(kwargs)}
+    teacher = _teacher_on(model, taps, img_size)
+    return teacher, {"arch": arch, "taps": list(teacher.taps), "merged": bool(kwargs)}
+
+
+def _teacher_on(model: nn.Module, taps: Sequence[str] | None, img_size: int) -> Teacher:
+    """User taps and models without feature_info use hooks; timm's feature_info taps use forward_intermediates."""
+    if taps:
+        return Teacher(model, taps)
+    found = _feature_info_taps(model)
+    if found is None:
+        return Teacher(model, trace_taps(model, (3, img_size, img_size)))
+    indices = [i for i, _ in found] if callable(getattr(model, "forward_intermediates", None)) else None
+    return Teacher(model, [name for _, name in found], indices)
 
 
 def _is_replknet(arch: str) -> bool:
