@@ -1,7 +1,7 @@
 """learngene_tools: CLKG learngene extraction and transplantation.
 
 The public API (see README "Python API"): `resolve`, `read_bundle`, `describe`, `select`, `distill`,
-`extract`, `plan_transplant`, `apply_plan`, `transplant`, `pull`, `push`, their settings classes
+`extract`, `plan_transplant`, `apply_plan`, `transplant`, `evaluate`, `pull`, `push`, their settings classes
 and result types, and the error types. Importing this package is cheap (no torch): names load on
 first use. The auxiliary and RepLKNet models register with timm as soon as timm is imported (or
 at once, if it already is), so ``timm.create_model("lgt_aux_base")`` works after
@@ -21,12 +21,13 @@ __version__ = "0.1.0"
 _LAZY = {
     # steps of the pipeline, taking references (path, lgt:NAME, hf://...) wherever they take a file
     "resolve": "api", "read_bundle": "api", "describe": "api", "select": "api", "distill": "api", "extract": "api",
-    "plan_transplant": "api", "apply_plan": "api", "transplant": "api",
+    "plan_transplant": "api", "apply_plan": "api", "transplant": "api", "evaluate": "api",
     "pull": "hub", "push": "hub",
     # settings
     "AuxConfig": "extraction.auxiliary", "LossSettings": "distillation.loss",
     "DistillSettings": "distillation.config", "RunOptions": "distillation.config",
     "SelectionSettings": "extraction.selection", "TransplantSettings": "transplantation.planner",
+    "EvaluationSettings": "evaluation.settings", "Arm": "evaluation.settings",
     # results and file types
     "Bundle": "extraction.bundle", "LayerRecord": "extraction.bundle",
     "TransplantPlan": "transplantation.planner", "Assignment": "transplantation.planner",

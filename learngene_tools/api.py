@@ -17,6 +17,7 @@ from learngene_tools.refs import Ref, is_builtin_ref, resolve, resolve_target
 
 __all__ = [
     "resolve", "read_bundle", "describe", "select", "distill", "extract", "plan_transplant", "apply_plan", "transplant",
+    "evaluate",
 ]
 
 
@@ -136,3 +137,25 @@ def transplant(bundle: Ref, target: Ref, out: str | Path | None, settings: Any =
 
     return run(resolve(bundle, expect_bundle=True), resolve_target(target), out, settings, force=force,
                dry_run=dry_run, recipe=recipe, **overrides)
+
+
+def evaluate(bundle: Ref | None, settings: Any = None, *, arms: list[Any] | None = None, teacher: Ref | None = None,
+             out_dir: str | Path | None = None, name: str = "evaluation", resume: bool = False, force: bool = False,
+             trust_pickle: bool = False, progress: Any = None, command: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Fine-tune a descendant from scratch and from the learngene over seeds and data fractions; returns the record.
+
+    `overrides` are `EvaluationSettings` fields (`arch=`, `data=`, `seeds=`, `fractions=`, `epochs=`, `bn=`, ...).
+    `arms` (a list of `learngene_tools.evaluation.settings.Arm`) replaces the default comparison (scratch, CLKG per
+    `bn` mode, KD with a `teacher`); their bundles may be references too. With `out_dir`, writes NAME.json (the
+    record), NAME.md (the tables) and NAME.png (validation accuracy per epoch) there.
+    """
+    from learngene_tools.evaluation.evaluate import evaluate as run
+    from learngene_tools.evaluation.settings import EvaluationSettings
+
+    s = replace(settings or EvaluationSettings(), **overrides)
+    path = resolve(bundle, expect_bundle=True) if bundle is not None else None
+    if arms is not None:
+        arms = [a if a.bundle is None else replace(a, bundle=resolve(a.bundle, expect_bundle=True)) for a in arms]
+    return run(path, s, arms=arms, teacher=resolve(teacher) if teacher is not None else None,
+               out_dir=Path(out_dir) if out_dir is not None else None, name=name, resume=resume, force=force,
+               trust_pickle=trust_pickle, progress=progress, command=command)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learngene_tools.distillation.config import DistillSettings, RunOptions
+from learngene_tools.evaluation.settings import EvaluationSettings
 from learngene_tools.extraction.selection import SelectionSettings
 from learngene_tools.settings import setting
 from learngene_tools.transplantation.planner import TransplantSettings
@@ -104,6 +105,23 @@ class DemoCommand:
     force: bool = setting(False, "Overwrite files from an earlier demo.")
 
 
+@dataclass(frozen=True)
+class EvaluateCommand:
+    """`lgt evaluate`: the bundle in; the record, the tables and the figure out."""
+
+    bundle: str = setting(help=f"Learngene bundle: {REF_HELP}.", positional=True, recipe=False)
+    output_dir: Path = setting(Path("lgt-evaluate"), "Folder for NAME.json (every run), NAME.md (the tables) and "
+                                                     "NAME.png (accuracy per epoch); created if missing.", short="-o")
+    name: str = setting("evaluation", "File name (stem) of the outputs.")
+    teacher: str | None = setting(None, f"Ancestry checkpoint ({REF_HELP}): adds a KD row, the descendant trained "
+                                        "from scratch with feature distillation from it.")
+    resume: bool = setting(False, "Keep the runs an earlier evaluation with the same settings left in NAME.json.",
+                           recipe=False)
+    force: bool = setting(False, "Overwrite existing outputs.", recipe=False)
+    trust_pickle: bool = setting(False, "Allow arbitrary pickled objects in the teacher (trusted files only).",
+                                 recipe=False)
+
+
 # settings classes of each command, in the order their options are listed
 COMMANDS: dict[str, tuple[type, ...]] = {
     "select": (SelectCommand, SelectionSettings),
@@ -114,6 +132,7 @@ COMMANDS: dict[str, tuple[type, ...]] = {
     "demo": (DemoCommand,),
     "distill": (RunOptions, DistillCommand, DistillSettings),
     "extract": (RunOptions, ExtractCommand, DistillSettings, SelectionSettings),
+    "evaluate": (EvaluateCommand, EvaluationSettings),
 }
 # the table a recipe has for each kind, and the command whose settings it may set
-RECIPE_KINDS: dict[str, str] = {"extract": "extract", "transplant": "transplant"}
+RECIPE_KINDS: dict[str, str] = {"extract": "extract", "transplant": "transplant", "evaluate": "evaluate"}

@@ -14,11 +14,13 @@ import torch
 
 import learngene_tools
 from learngene_tools import (
+    Arm,
     Assignment,
     AuxConfig,
     Bundle,
     Checkpoint,
     DistillSettings,
+    EvaluationSettings,
     HubAuthError,
     HubConnectionError,
     HubError,
@@ -41,6 +43,7 @@ from learngene_tools import (
     apply_plan,
     describe,
     distill,
+    evaluate,
     extract,
     load_checkpoint,
     plan_transplant,
@@ -178,3 +181,14 @@ def test_pull_and_push_against_a_loopback_hub(bundle_tiny: Path, tmp_path: Path)
     finally:
         hub.stop()
     assert callable(pull) and callable(push)
+
+
+def test_evaluate_compares_scratch_and_the_learngene(bundle_tiny: Path):
+    settings = EvaluationSettings(arch="learngene_tools.descendants:small_vgg", data="synthetic", img_size=16,
+                                  train_limit=32, val_limit=16, test=False, seeds=1, fractions=(1.0,), epochs=1,
+                                  batch_size=16, device="cpu")
+    record = evaluate(bundle_tiny, settings, arms=[Arm("scratch"), Arm("clkg", bundle_tiny, bn="target")])
+    assert [r["arm"] for r in record["runs"]] == ["scratch", "clkg"] and record["runs"][1]["plan"]["layers_placed"] > 0
+    assert "delta_val_final" in record["summary"][1]
+    with pytest.raises(SettingsError, match="--arch"):
+        evaluate(bundle_tiny, EvaluationSettings(data="synthetic"))

@@ -72,6 +72,7 @@ def test_every_command_fails_as_one_line_and_a_json_error_object(tmp_path: Path)
         "demo": ["demo", "--target", "timm:no_such_model_anywhere", "--out-dir", str(tmp_path / "d")],
         "distill": ["distill", missing, "--arch", "timm:resnet18"],
         "extract": ["extract", missing, "--arch", "timm:resnet18"],
+        "evaluate": ["evaluate", missing, "--arch", "timm:resnet18", "--data", "synthetic", "-o", str(tmp_path / "ev")],
     }
     assert set(calls) == set(COMMANDS)
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -80,6 +81,7 @@ def test_every_command_fails_as_one_line_and_a_json_error_object(tmp_path: Path)
     assert all(v == {} for v in plain.values())
     kinds = {name: e["kind"] for name, e in as_json.items()}
     assert kinds["select"] == kinds["transplant"] == kinds["inspect"] == kinds["distill"] == "not_found", kinds
+    assert kinds["evaluate"] == "not_found", kinds
     assert kinds["demo"] == "model", kinds
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written anywhere
 

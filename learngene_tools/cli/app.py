@@ -23,6 +23,7 @@ from learngene_tools.cli.options import Inputs, settings_command
 from learngene_tools.commands import (
     DemoCommand,
     DistillCommand,
+    EvaluateCommand,
     ExtractCommand,
     InspectCommand,
     PullCommand,
@@ -352,6 +353,29 @@ def extract(inputs: Inputs) -> None:
         render.show_distill_summary(out, summary)
         render.show_bundle(out, describe_bundle(cmd.output))
         out.print(f"wrote [bold]{cmd.output}[/]")
+
+
+@settings_command(app, "evaluate", recipe_kind="evaluate", guard=guarded)
+def evaluate(inputs: Inputs) -> None:
+    """Fine-tune a descendant from scratch and from the learngene (and KD with --teacher) over seeds and data fractions."""
+    import shlex
+
+    from learngene_tools import api
+    from learngene_tools.evaluation.progress import progress_printer
+    from learngene_tools.evaluation.settings import EvaluationSettings
+
+    cmd: EvaluateCommand = inputs[EvaluateCommand]
+    progress = None if (inputs.quiet or inputs.as_json) else progress_printer(err, plain=inputs.verbose)
+    record = api.evaluate(cmd.bundle, inputs[EvaluationSettings], teacher=cmd.teacher, out_dir=cmd.output_dir,
+                          name=cmd.name, resume=cmd.resume, force=cmd.force, trust_pickle=cmd.trust_pickle,
+                          progress=progress, command=shlex.join(["lgt", *sys.argv[1:]]))
+    if inputs.as_json:
+        render.print_json({k: record[k] for k in ("settings", "arms", "data", "environment", "summary", "outputs")})
+    elif inputs.quiet:
+        out.print(record["outputs"]["md"], soft_wrap=True)
+    else:
+        out.print(Path(record["outputs"]["md"]).read_text(), soft_wrap=True, highlight=False, markup=False)
+        out.print(f"wrote [bold]{record['outputs']['json']}[/], {record['outputs']['md']}, {record['outputs']['png']}")
 
 
 def main() -> None:

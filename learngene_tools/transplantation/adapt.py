@@ -135,3 +135,9 @@ def block_diagonal(dense: torch.Tensor, groups: int) -> torch.Tensor:
     group = torch.arange(n) // per_out  # the group of each output kernel
     cols = group[:, None] * per_in + torch.arange(per_in)[None, :]  # its input channels in the dense kernel
     return dense[torch.arange(n)[:, None], cols]
+
+
+def std_ratio(w: torch.Tensor, reference: torch.Tensor) -> float:
+    """The factor that gives `w` the standard deviation of `reference` (1.0 when either is constant)."""
+    sw, sr = float(w.float().std()), float(reference.float().std())
+    return sr / sw if sw > 0 and sr > 0 else 1.0

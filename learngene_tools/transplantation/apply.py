@@ -15,7 +15,13 @@ from learngene_tools.io.checkpoint import Checkpoint, copy_readers, output_forma
 from learngene_tools.io.files import check_output
 from learngene_tools.io.folders import check_folder_output
 from learngene_tools.specs import is_model_spec
-from learngene_tools.transplantation.adapt import adapt_vector, adapt_weight, block_diagonal, layer_generator
+from learngene_tools.transplantation.adapt import (
+    adapt_vector,
+    adapt_weight,
+    block_diagonal,
+    layer_generator,
+    std_ratio,
+)
 from learngene_tools.transplantation.planner import TransplantPlan, TransplantSettings, plan_transplant
 from learngene_tools.transplantation.target import open_target
 
@@ -36,12 +42,16 @@ def adapted_tensors(plan: TransplantPlan, bundle: Bundle, ckpt: Checkpoint,
         rec = by_id[a.layer]
         gen = layer_generator(plan.seed, a.layer)
         follow = keeps[a.follow] if a.in_map == "follow" and a.follow else None
-        w = adapt_weight(bundle.tensors[rec.weight_name], a.dense_shape, keeps[a.layer], follow, gen)  # type: ignore[arg-type]
-        updates[a.target] = block_diagonal(w, a.groups).to(ckpt.dtypes[a.target])  # type: ignore[index]
+        dense = adapt_weight(bundle.tensors[rec.weight_name], a.dense_shape, keeps[a.layer], follow, gen)  # type: ignore[arg-type]
+        w = block_diagonal(dense, a.groups)
+        scale = std_ratio(w, read(a.target)) if plan.rescale else 1.0  # type: ignore[arg-type]
+        updates[a.target] = (w * scale).to(ckpt.dtypes[a.target])  # type: ignore[index]
         if a.bn:
             for p in BN_PARTS:
                 key = f"{a.bn}.{p}"
                 new = adapt_vector(bundle.tensors[rec.bn_name(p)], keeps[a.layer], read(key))
+                # the conv's output scales by `scale`: its BN statistics follow, so the BN output is unchanged
+                new = new * scale if p == "running_mean" else new * scale**2 if p == "running_var" else new
                 updates[key] = new.to(ckpt.dtypes[key])
     return updates
 
@@ -75,7 +85,7 @@ def apply_plan(plan: TransplantPlan, out: str | Path, *, force: bool = False, re
     updates = [adapted_tensors(plan, bundle, ckpt, read) for read in copy_readers(ckpt)]
     record = {
         "bundle": Path(bundle.source).name, "bundle_hash": plan.bundle_hash, "seed": plan.seed,
-        "transfer_bn": plan.transfer_bn, "layers": {a.layer: a.target for a in plan.placed},
+        "transfer_bn": plan.transfer_bn, "rescale": plan.rescale, "layers": {a.layer: a.target for a in plan.placed},
         **({"recipe": recipe} if recipe else {}),
     }
     drop = tuple(ckpt.optimizer_state) if plan.drop_optimizer else ()

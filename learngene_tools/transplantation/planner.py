@@ -31,6 +31,8 @@ class TransplantSettings:
                                      "traced for exact strides and execution order.", metavar="SPEC")
     seed: int = setting(0, "Seed for every random draw.")
     transfer_bn: bool = setting(True, "Carry the learngene's BatchNorm with its conv.", name="bn")
+    rescale: bool = setting(False, "Rescale each transplanted kernel to the standard deviation of the target conv's "
+                                   "own weight (its fresh init), BN statistics scaled to match.")
     input_size: tuple[int, ...] | None = setting(None, "Dummy input [C,]H,W for tracing the target's model "
                                                        "(default: the model's own).", metavar="C,H,W")
     trust_pickle: bool = setting(False, "Allow arbitrary pickled objects in the target (trusted files only).",
@@ -112,6 +114,7 @@ class TransplantPlan:
     drop_optimizer: bool = False
     warnings: tuple[str, ...] = ()
     target_checkpoint: Checkpoint | None = field(default=None, compare=False, repr=False)  # the opened target
+    rescale: bool = False  # kernels rescaled to the target conv's own standard deviation when applied
 
 
     @property
@@ -135,7 +138,8 @@ class TransplantPlan:
             "bundle": self.bundle, "bundle_hash": self.bundle_hash, "target": self.target,
             "target_format": self.target_format, "wrapper": self.wrapper, "arch": self.arch,
             "strides": self.strides, "identification": self.identification, "seed": self.seed,
-            "transfer_bn": self.transfer_bn, "grouped": self.grouped, "copies": list(self.copies),
+            "transfer_bn": self.transfer_bn, "rescale": self.rescale, "grouped": self.grouped,
+            "copies": list(self.copies),
             "optimizer_state": {"entries": list(self.optimizer_state),
                                 "action": "dropped" if self.drop_optimizer else "kept"} if self.optimizer_state else None,
             "warnings": list(self.warnings),
@@ -338,7 +342,7 @@ def plan_transplant(bundle: str | Path, target: str | Path, settings: Transplant
                         "it out")
     return replace(plan, target_checkpoint=ckpt, copies=tuple(ckpt.copy_labels),
                    optimizer_state=tuple(ckpt.optimizer_state), drop_optimizer=s.drop_optimizer,
-                   warnings=tuple(warnings))
+                   warnings=tuple(warnings), rescale=s.rescale)
 
 
 def open_target(target: str | Path, seed: int = 0, trust_pickle: bool = False) -> Any:
