@@ -38,6 +38,8 @@ class TransplantCommand:
     output: Path | None = setting(None, "Descendant checkpoint (default: <target>_lg.<ext> here).", short="-o")
     dry_run: bool = setting(False, "Show the plan and write nothing.", recipe=False)
     force: bool = setting(False, "Overwrite an existing output.", recipe=False)
+    trust_code: bool = setting(False, "Let a recipe's pkg.module:factory model spec be imported and run "
+                                      "(trusted recipes only).", recipe=False)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class DistillCommand:
     """`lgt distill`: switches of the command itself."""
 
     synthetic: bool = setting(False, "Distil on procedural images (what happens anyway without --data).")
+    trust_code: bool = setting(False, "Let a recipe's pkg.module:factory model spec be imported and run "
+                                      "(trusted recipes only).", recipe=False)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class ExtractCommand:
 
     output: Path = setting(Path("learngene.safetensors"), "Bundle to write.", short="-o")
     synthetic: bool = setting(False, "Distil on procedural images (what happens anyway without --data).")
+    trust_code: bool = setting(False, "Let a recipe's pkg.module:factory model spec be imported and run "
+                                      "(trusted recipes only).", recipe=False)
 
 
 @dataclass(frozen=True)
