@@ -189,7 +189,7 @@ def _check_file(path: Path) -> None:
     except NotFoundError:
         raise NotFoundError(f"{path}: no such file") from None
     except InvalidFileError as e:
-        if path.is_dir():
+        if os.path.isdir(path):  # (never raises, unlike Path.is_dir on a name too long)
             raise InvalidFileError(f"{path}: is a directory, expected a checkpoint file") from None
         raise e from None
 
