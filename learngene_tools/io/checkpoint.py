@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Mapping
 
 import torch
 
-from learngene_tools.errors import InvalidFileError, NotFoundError, OutputError, UnsafeInputError
+from learngene_tools.errors import InvalidFileError, OutputError, UnsafeInputError
 from learngene_tools.io.files import atomic_path, check_input, open_input, reading
 from learngene_tools.io.header import SafetensorsHeader, encode_header, looks_like_safetensors, read_header
 from learngene_tools.io.tensors import ST_TO_TORCH, TORCH_TO_ST, tensor_bytes, write_safetensors
@@ -186,12 +186,10 @@ def _check_file(path: Path) -> None:
     """A regular, non-empty file (a FIFO, device or socket is refused before it is opened)."""
     try:
         check_input(path)
-    except NotFoundError:
-        raise NotFoundError(f"{path}: no such file") from None
-    except InvalidFileError as e:
+    except InvalidFileError:
         if os.path.isdir(path):  # (never raises, unlike Path.is_dir on a name too long)
             raise InvalidFileError(f"{path}: is a directory, expected a checkpoint file") from None
-        raise e from None
+        raise
 
 
 def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:

@@ -72,7 +72,7 @@ def open_input(path: str | Path) -> BinaryIO:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # swapped for something else since the check
             raise InvalidFileError(f"{path}: is {_kind(st.st_mode)}, not a regular file; lgt reads only regular files")
-        return os.fdopen(fd, "rb")
+        return open(path, "rb", opener=lambda *_: fd)  # the descriptor checked above, named by its path
     except BaseException:
         os.close(fd)
         raise
