@@ -206,7 +206,13 @@ def _metadata_cases(good: Path, d: Path) -> dict[str, dict[str, Path]]:
         ("not_json", "{not json"), ("object", "{}"), ("empty_list", "[]"), ("null", "null"),
         ("deep", "[" * 100_000 + "]" * 100_000), ("digits", "[" + "9" * 5000 + "]")]}
     text |= {f"provenance_{label}": meta(f"provenance_{label}", lambda m, v=v: m.update({PROVENANCE_KEY: v}))
-             for label, v in [("list", "[]"), ("empty", "{}"), ("deep", "[" * 100_000 + "]" * 100_000)]}
+             for label, v in [("list", "[]"), ("empty", "{}"), ("deep", "[" * 100_000 + "]" * 100_000),
+                              ("deep_900", '{"x":' + "[" * 900 + "]" * 900 + ', "tensor_hash": "sha256:' + "0" * 64 + '"}')]}
+    text["layers_deep_900"] = meta("layers_deep_900", lambda m: m.update({LAYERS_KEY: "[" * 900 + "]" * 900}))
+    deep_prov = '{"x":' + "[" * 900 + "]" * 900 + ', "tensor_hash": "sha256:' + "0" * 64 + '"}'
+    text["provenance_deep_900_schema1"] = bt.rewrite(bt.as_schema_1(good, d / "s1_for_deep.safetensors"),
+                                                     d / "s1_deep.safetensors",
+                                                     meta=lambda m: m.update({PROVENANCE_KEY: deep_prov}))
     text["norm_1e400"] = meta("norm_1e400", lambda m: m.update(
         {LAYERS_KEY: m[LAYERS_KEY].replace('"l2_norms": [', '"l2_norms": [1e400, ', 1)}))
     text["norm_nan"] = meta("norm_nan", lambda m: m.update(

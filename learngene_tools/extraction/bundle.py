@@ -58,9 +58,25 @@ MAX_LAYERS = 4096
 _HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+MAX_JSON_DEPTH = 32  # records are 3 levels deep; provenance a few more
+
+
 def _short(v: Any) -> str:
     text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else str(v)
     return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: never a RecursionError)."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        v, d = todo.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, dict):
+            todo += [(x, d + 1) for x in v.values()]
+        elif isinstance(v, list):
+            todo += [(x, d + 1) for x in v]
+    return deepest
 
 
 def _int_in(d: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
@@ -202,12 +218,15 @@ def metadata_hash(layers: list[LayerRecord] | tuple[LayerRecord, ...], provenanc
 
 def _json_value(src: str, key: str, text: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        if _depth(value) > MAX_JSON_DEPTH:
+            raise RecursionError
+        return value
     except json.JSONDecodeError as e:
         raise InvalidFileError(f"{src}: bad bundle metadata JSON in '{key}' ({e.msg} at char {e.pos}); "
                                "the file is damaged, re-export it") from None
     except (ValueError, RecursionError) as e:
-        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:80]
+        why = f"nested deeper than {MAX_JSON_DEPTH} levels" if isinstance(e, RecursionError) else str(e)[:80]
         raise InvalidFileError(f"{src}: bad bundle metadata JSON in '{key}' ({why}); the file is damaged, "
                                "re-export it") from None
 
