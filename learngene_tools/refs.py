@@ -44,7 +44,7 @@ def builtin_path(ref: str) -> Path:
 def resolve(ref: Ref, *, expect_bundle: bool = False, progress: bool | None = None) -> Path:
     """The local file a reference names: a path as is, a shipped bundle, or a Hub file downloaded into the HF cache.
 
-    A local path must exist and be a regular file or a folder (NotFoundError / InvalidFileError otherwise).
+    A local path that exists must be a regular file or a folder (InvalidFileError otherwise: nothing opens a FIFO).
 
     With `expect_bundle`, a Hub download is validated as a bundle (tensor hash included) and removed
     from the cache when it is not one, so that the next call downloads it again.
@@ -56,7 +56,8 @@ def resolve(ref: Ref, *, expect_bundle: bool = False, progress: bool | None = No
 
         return download(str(ref), expect_bundle=expect_bundle, progress=progress)
     path = Path(ref)
-    check_input(path, allow_dir=True)  # a FIFO, device or socket is refused here, before anything opens it
+    if os.path.lexists(path):  # a missing file is the reader's to report; a FIFO, device or socket is refused here
+        check_input(path, allow_dir=True)
     return path
 
 
