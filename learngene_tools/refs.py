@@ -56,8 +56,13 @@ def resolve(ref: Ref, *, expect_bundle: bool = False, progress: bool | None = No
 
         return download(str(ref), expect_bundle=expect_bundle, progress=progress)
     path = Path(ref)
-    if os.path.lexists(path):  # a missing file is the reader's to report; a FIFO, device or socket is refused here
-        check_input(path, allow_dir=True)
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return path  # a missing file is the reader's to report
+    except (OSError, ValueError):
+        pass  # a name too long, a symlink loop, ...: check_input says which, in one line
+    check_input(path, allow_dir=True)  # a FIFO, device or socket is refused here, before anything opens it
     return path
 
 
