@@ -73,13 +73,6 @@ class _Bad(Exception):
     """A header value safetensors would refuse (raised from inside the JSON parser's hooks)."""
 
 
-def _numel(shape: Iterable[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _text(s: str) -> str:
     try:
         s.encode("utf-8")
