@@ -10,10 +10,17 @@ at once, if it already is), so ``timm.create_model("lgt_aux_base")`` works after
 
 from __future__ import annotations
 
+import os as _os
+import sys
+
+if sys.argv[:1] == ["-m"] and sys.path[:1] == [_os.getcwd()]:
+    # `python -m learngene_tools` put the working directory first on sys.path: a stray ./typing.py or
+    # ./evilmod.py would be imported. Take it off, as `lgt` never has it (see specs.typed_on_command_line).
+    del sys.path[0]
+
 import importlib
 import importlib.abc
 import importlib.util
-import sys
 from typing import Any
 
 __version__ = "0.1.0"

@@ -32,19 +32,23 @@ def _fast_inspect(argv: list[str]) -> int | None:
             return None  # the full CLI reports it
     if not os.path.isfile(pos[0]):
         return None
+    from pathlib import Path
+
     from learngene_tools.cli import render
     from learngene_tools.extraction.bundle import describe_bundle, is_bundle_file
 
-    try:
-        if not is_bundle_file(pos[0]):
-            return None
-    except LgtError:
-        return None  # the full CLI reports a broken file
-    last = {o: i for i, o in enumerate(opts)}  # the last of --verify / --no-verify wins, as in typer
-    verify = last.get("--no-verify", -1) < last.get("--verify", -1) or "--no-verify" not in last
+    path = str(Path(pos[0]))  # spelt as the full CLI spells it
     as_json = "--json" in opts
     try:
-        summary = describe_bundle(pos[0], verify=verify)
+        if not is_bundle_file(path):
+            return None
+    except LgtError as e:  # a safetensors file with a broken header: the full CLI reports this very error
+        render.print_failure(render.console(stderr=True), str(e), e.kind, 2, as_json)
+        return 2
+    last = {o: i for i, o in enumerate(opts)}  # the last of --verify / --no-verify wins, as in typer
+    verify = last.get("--no-verify", -1) < last.get("--verify", -1) or "--no-verify" not in last
+    try:
+        summary = describe_bundle(path, verify=verify)
     except LgtError as e:
         render.print_failure(render.console(stderr=True), str(e), e.kind, 2, as_json)
         return 2

@@ -39,6 +39,8 @@ class TransplantCommand:
     output: Path | None = setting(None, "Descendant checkpoint (default: <target>_lg.<ext> here).", short="-o")
     dry_run: bool = setting(False, "Show the plan and write nothing.", recipe=False)
     force: bool = setting(False, "Overwrite an existing output.", recipe=False)
+    trust_code: bool = setting(False, "Let a recipe's pkg.module:factory model spec be imported and run "
+                                      "(trusted recipes only).", recipe=False)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class DistillCommand:
     synthetic: bool = setting(False, "Distil on procedural images (what happens anyway without --data).")
     dry_run: bool = setting(False, "Show what would run (ancestry, taps, auxiliary model, steps, data) and train "
                                    "nothing.", recipe=False)
+    trust_code: bool = setting(False, "Let a recipe's pkg.module:factory model spec be imported and run "
+                                      "(trusted recipes only).", recipe=False)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class ExtractCommand:
     synthetic: bool = setting(False, "Distil on procedural images (what happens anyway without --data).")
     dry_run: bool = setting(False, "Show what would run (ancestry, taps, auxiliary model, steps, data) and train "
                                    "nothing.", recipe=False)
+    trust_code: bool = setting(False, "Let a recipe's pkg.module:factory model spec be imported and run "
+                                      "(trusted recipes only).", recipe=False)
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,13 @@ def recipe_settings(kind: str) -> dict[str, Setting]:
 
 def load_recipe(path: str | Path, kind: str) -> Recipe:
     """Read and check a recipe for `kind` ("extract" or "transplant")."""
+    from learngene_tools.io.files import read_input_bytes
+
     path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"{path}: no such recipe (recipes/ in the repository holds the shipped ones)")
-    raw = path.read_bytes()
+    try:
+        raw = read_input_bytes(path, limit=1 << 20)  # a regular file only: never blocks on a FIFO
+    except NotFoundError:
+        raise NotFoundError(f"{path}: no such recipe (recipes/ in the repository holds the shipped ones)") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from learngene_tools.errors import NotFoundError
 from learngene_tools.hub import is_hf_ref
+from learngene_tools.io.files import check_input
 
 BUILTIN_PREFIX = "lgt:"
 BUNDLE_DIR = Path(__file__).parent / "bundles"
@@ -43,6 +44,8 @@ def builtin_path(ref: str) -> Path:
 def resolve(ref: Ref, *, expect_bundle: bool = False, progress: bool | None = None) -> Path:
     """The local file a reference names: a path as is, a shipped bundle, or a Hub file downloaded into the HF cache.
 
+    A local path that exists must be a regular file or a folder (InvalidFileError otherwise: nothing opens a FIFO).
+
     With `expect_bundle`, a Hub download is validated as a bundle (tensor hash included) and removed
     from the cache when it is not one, so that the next call downloads it again.
     """
@@ -52,7 +55,15 @@ def resolve(ref: Ref, *, expect_bundle: bool = False, progress: bool | None = No
         from learngene_tools.hub import download
 
         return download(str(ref), expect_bundle=expect_bundle, progress=progress)
-    return Path(ref)
+    path = Path(ref)
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return path  # a missing file is the reader's to report
+    except (OSError, ValueError):
+        pass  # a name too long, a symlink loop, ...: check_input says which, in one line
+    check_input(path, allow_dir=True)  # a FIFO, device or socket is refused here, before anything opens it
+    return path
 
 
 def resolve_target(ref: Ref, *, progress: bool | None = None) -> str | Path:

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tinymodels import tiny_vgg
 
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import LgtError, OutputError
 from learngene_tools.io.checkpoint import common_prefix, find_state_dict, load_checkpoint
 from learngene_tools.io.header import read_header
 from learngene_tools.transplantation.apply import transplant
@@ -123,7 +123,7 @@ def test_failed_write_leaves_nothing(tmp_path, bundle_tiny, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="out.pt: cannot write .No space left on device.; nothing was written"):
         transplant(bundle_tiny, str(tmp_path / "t.pt"), out, force=True)
     assert out.read_bytes() == b"previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pt", "t.pt"]

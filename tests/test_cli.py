@@ -141,7 +141,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, bundle_tiny: Path, aux_tiny
         flipped[i] ^= 0xFF
     (d / "corrupted.safetensors").write_bytes(bytes(flipped))
     _rewrite_bundle(bundle, d / "bad_json.safetensors", lambda t, m: m.update({"learngene.layers": "{not json"}))
-    _rewrite_bundle(bundle, d / "schema2.safetensors", lambda t, m: m.update({"learngene.schema": "2"}))
+    _rewrite_bundle(bundle, d / "schema3.safetensors", lambda t, m: m.update({"learngene.schema": "3"}))
     _rewrite_bundle(bundle, d / "missing_tensor.safetensors", lambda t, m: t.pop("s3.1.bn.running_var"))
     _rewrite_bundle(bundle, d / "wrong_shape.safetensors", lambda t, m: t.update({"s1.0.weight": t["s1.0.weight"][:4].clone()}))
     return Inputs(d, bundle, aux_tiny_file, sd)
@@ -171,7 +171,7 @@ BAD_BUNDLES = {
     "cut_data": ("truncated safetensors file", "download or write it again"),
     "corrupted": ("corrupted bundle", "tensor bytes hash to", "export it again"),
     "bad_json": ("bad bundle metadata json", "re-export"),
-    "schema2": ("schema version '2' is not supported", "upgrade learngene_tools"),
+    "schema3": ("schema version '3' is not supported", "upgrade learngene_tools"),
     "missing_tensor": ("invalid bundle", "'s3.1.bn.running_var'", "missing"),
     "wrong_shape": ("invalid bundle", "'s1.0.weight'", "[4, 3, 3, 3]", "[8, 3, 3, 3]"),
 }
@@ -339,7 +339,7 @@ def test_select_writes_the_same_bundle_as_the_library(runs: dict[str, Run], bund
     text = run.ok().stdout
     out = run.out / "lg.safetensors"
     assert f"wrote {out}" in text
-    assert "learngene bundle, schema 1, 4 layers" in text and "stages 1, 3" in text
+    assert "learngene bundle, schema 2, 4 layers" in text and "stages 1, 3" in text
     assert out.read_bytes() == bundle_tiny.read_bytes()  # deterministic, and the CLI adds nothing of its own
     assert sorted(p.name for p in run.out.iterdir()) == ["lg.safetensors"]
 
@@ -485,7 +485,7 @@ def test_inspect_bundle_text_and_json(inputs: Inputs):
     n, data = _header(inputs.bundle)
     header = json.loads(data[8 : 8 + n])
     recorded_hash = json.loads(header["__metadata__"]["learngene.provenance"])["tensor_hash"]
-    assert f"{b}: learngene bundle, schema 1, 4 layers, 14,616 conv parameters, stages 1, 3" in text
+    assert f"{b}: learngene bundle, schema 2, 4 layers, 14,616 conv parameters, stages 1, 3" in text
     for row in (("s1.0", "1 (start)", "8x3x3x3", "stages.0.0.conv.weight"), ("s1.1", "1 (start)", "8x8x3x3"),
                 ("s3.0", "3 (end)", "32x16x3x3"), ("s3.1", "3 (end)", "32x32x3x3", "stages.2.1.conv.weight")):
         line = next(ln for ln in text.splitlines() if ln.startswith(row[0] + " "))
@@ -498,7 +498,7 @@ def test_inspect_bundle_text_and_json(inputs: Inputs):
     p = run_lgt("inspect", b, "--json")
     assert p.returncode == 0 and p.stderr == ""
     s = json.loads(p.stdout)
-    assert s["kind"] == "learngene bundle" and s["schema"] == "1" and s["file"] == b
+    assert s["kind"] == "learngene bundle" and s["schema"] == "2" and s["file"] == b
     assert s["size_bytes"] == len(data) and s["hash_verified"] is True and s["tensor_hash"] == recorded_hash
     assert [r["id"] for r in s["layers"]] == ["s1.0", "s1.1", "s3.0", "s3.1"]
     assert [r["shape"] for r in s["layers"]] == [header[f"{r['id']}.weight"]["shape"] for r in s["layers"]]

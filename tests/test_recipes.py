@@ -63,7 +63,9 @@ def test_transplant_recipe_is_used_and_echoed(tmp_path: Path, bundle_tiny: Path)
     recipe = tmp_path / "tiny.toml"
     recipe.write_text('[recipe]\nname = "tiny"\n[transplant]\ntarget = "tinymodels:tiny_vgg"\nseed = 3\n'
                       f'output = "{tmp_path / "out.safetensors"}"\n')
-    r = run_lgt("transplant", str(bundle_tiny), "--recipe", str(recipe), "--json", env_extra={"PYTHONPATH": str(Path(__file__).parent)})
+    # the recipe's target is a module:factory spec: code a recipe may only run with --trust-code
+    r = run_lgt("transplant", str(bundle_tiny), "--recipe", str(recipe), "--json", "--trust-code",
+                env_extra={"PYTHONPATH": str(Path(__file__).parent)})
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
     assert plan["seed"] == 3 and plan["output"] == str(tmp_path / "out.safetensors")
@@ -73,7 +75,7 @@ def test_transplant_recipe_is_used_and_echoed(tmp_path: Path, bundle_tiny: Path)
     assert record["recipe"]["sha256"].startswith("sha256:")
     # an option on the command line wins over the recipe
     r = run_lgt("transplant", str(bundle_tiny), "--recipe", str(recipe), "--seed", "5", "--dry-run", "--json",
-                env_extra={"PYTHONPATH": str(Path(__file__).parent)})
+                "--trust-code", env_extra={"PYTHONPATH": str(Path(__file__).parent)})
     assert r.returncode == 0, r.stderr and json.loads(r.stdout)["seed"] == 5
     assert json.loads(r.stdout)["seed"] == 5
 
@@ -90,7 +92,7 @@ def test_extract_recipe_is_echoed_into_the_bundle(tmp_path: Path) -> None:
                       f'alphas = [0.0, 1.0, 1.0]\nworkers = 0\nwork_dir = "{tmp_path / "w"}"\n')
     out = tmp_path / "lg.safetensors"
     r = run_lgt("extract", str(teacher), "--recipe", str(recipe), "--steps", "2", "-o", str(out), "--device", "cpu",
-                env_extra={"PYTHONPATH": str(Path(__file__).parent)})
+                "--trust-code", env_extra={"PYTHONPATH": str(Path(__file__).parent)})
     assert r.returncode == 0, r.stderr
     dist = read_bundle(out).provenance["distillation"]
     assert dist["steps"] == 2  # the command line won over the recipe's 3

@@ -249,10 +249,10 @@ def _distill_args(inputs: Inputs, synthetic: bool) -> tuple[Any, Any, str | None
         raise SettingsError("give the ancestry checkpoint (or a --recipe that names it)")
     if synthetic and settings.data is not None:
         raise SettingsError("give one of --data DIR (a folder of images) and --synthetic (procedural images), not both")
-    if settings.data is not None and not Path(settings.data).is_dir():
+    if settings.data is not None and not os.path.isdir(settings.data):  # os.path: never raises (a name too long)
         raise NotFoundError(f"{settings.data}: no such folder of images (--data takes a folder; without it, "
                             "procedural images are used)")
-    if not is_hf_ref(opts.ancestry) and not Path(opts.ancestry).is_file():
+    if not is_hf_ref(opts.ancestry) and not os.path.isfile(opts.ancestry):
         raise NotFoundError(f"{opts.ancestry}: no such ancestry checkpoint")
     identified = None
     if settings.arch is None:

@@ -125,6 +125,21 @@ def settings_command(
     return decorate
 
 
+def _check_specs(values: dict[str, Any], typed: set[str], from_recipe: dict[str, Any], recipe: Any) -> None:
+    """Model specs run code: the user's own may be imported (from the working directory too, as `python -m`
+    would); a recipe's `module:factory` spec needs --trust-code."""
+    from learngene_tools.specs import check_spec, is_model_spec, typed_on_command_line
+
+    for key in typed:
+        if isinstance(values[key], str):
+            typed_on_command_line(values[key])
+    if values.get("trust_code"):
+        return
+    for key, value in from_recipe.items():
+        if key not in typed and isinstance(value, str) and is_model_spec(value):  # not a path that exists
+            check_spec(value, source=f"recipe {recipe} ([{key}])")
+
+
 def gather(ctx: typer.Context, name: str, kwargs: dict[str, Any], shown: list[Setting],
            recipe_kind: str | None) -> Inputs:
     """Settings objects from the command line, the recipe and the defaults, in that order of precedence."""
@@ -132,23 +147,28 @@ def gather(ctx: typer.Context, name: str, kwargs: dict[str, Any], shown: list[Se
     given: set[str] = set()
     recipe = kwargs.get("recipe")
     provenance = None
+    loaded_values: dict[str, Any] = {}
     if recipe is not None and recipe_kind is not None:
         from learngene_tools.recipes import load_recipe
 
         loaded = load_recipe(recipe, recipe_kind)
         names = {s.name for cls in COMMANDS[name] for s in settings_of(cls)}
-        values.update({k: v for k, v in loaded.values.items() if k in names})
+        loaded_values = {k: v for k, v in loaded.values.items() if k in names}
+        values.update(loaded_values)
         given.update(values)
         provenance = loaded.provenance()
+    typed: set[str] = set()  # settings given on the command line (they win over the recipe)
     for s in shown:
         source = ctx.get_parameter_source(s.name)
         if s.option.positional:
             if kwargs.get(s.name) is not None:
                 values[s.name] = s.parse(kwargs[s.name])
-                given.add(s.name)
+                typed.add(s.name)
         elif source is not None and source.name in _GIVEN and kwargs.get(s.name) is not None:
             values[s.name] = s.parse(kwargs[s.name])
-            given.add(s.name)
+            typed.add(s.name)
+    given |= typed
+    _check_specs(values, typed, loaded_values, recipe)
     settings = {}
     for cls in COMMANDS[name]:
         missing = [s for s in settings_of(cls) if s.default is MISSING and s.name not in values]

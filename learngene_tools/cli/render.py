@@ -8,6 +8,7 @@ import sys
 from typing import Any, Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -23,7 +24,8 @@ def show_bundle(out: Console, s: dict[str, Any], quiet: bool = False) -> None:
     prov = s["provenance"]
     anc = prov.get("ancestry") or {}
     aux = (prov.get("auxiliary") or {}).get("config")
-    out.print(f"[bold]{s['file']}[/]: learngene bundle, schema {s['schema']}, {len(s['layers'])} layers, "
+    unprotected = "" if s.get("metadata_protected", True) else " (metadata unprotected)"
+    out.print(f"[bold]{s['file']}[/]: learngene bundle, schema {s['schema']}{unprotected}, {len(s['layers'])} layers, "
               f"{s['params']:,} conv parameters, stages {', '.join(map(str, s['stages']))}")
     if quiet:
         return
@@ -38,6 +40,10 @@ def show_bundle(out: Console, s: dict[str, Any], quiet: bool = False) -> None:
     out.print(t)
     hash_state = "verified" if s["hash_verified"] else "not verified"
     out.print(f"tensor hash {s['tensor_hash']} ({hash_state})")
+    if s.get("metadata_hash"):
+        out.print(f"metadata hash {s['metadata_hash']} (verified: layer records and provenance)")
+    for warning in s.get("warnings", []):
+        out.print(f"warning: {escape(warning)}", soft_wrap=True)
     out.print(f"ancestry: {_ancestry_text(anc)}")
     aux_text = f"widths {aux.get('widths')}, depths {aux.get('depths')}" if isinstance(aux, dict) else str(aux)
     out.print(f"auxiliary: {aux_text}; tool {prov.get('tool', {}).get('version', '?')}")
@@ -161,7 +167,7 @@ def print_json(obj: Any) -> None:
 
 def print_error(err: Console, message: str) -> None:
     """The one line every failure prints."""
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # "[arch]" in a message is text, not markup
 
 
 def print_failure(err: Console, message: str, kind: str, code: int, as_json: bool) -> None:

@@ -17,7 +17,7 @@ import json
 import os
 import pickle
 import re
-import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 import torch
 
 from learngene_tools.errors import InvalidFileError, NotFoundError, OutputError, UnsafeInputError
-from learngene_tools.io.files import atomic_path
+from learngene_tools.io.files import atomic_path, check_input, open_input, reading
 from learngene_tools.io.header import SafetensorsHeader, encode_header, looks_like_safetensors, read_header
 from learngene_tools.io.tensors import ST_TO_TORCH, TORCH_TO_ST, tensor_bytes, write_safetensors
 
@@ -116,8 +116,9 @@ class Checkpoint:
             return next(c for c in self.weight_sets[0] if key in c.shapes).tensor(key)
         from safetensors import safe_open
 
-        with safe_open(str(self.path), framework="pt") as f:
-            return f.get_tensor(self.prefix + key)
+        with _safetensors_errors(self.path):
+            with safe_open(str(self.path), framework="pt") as f:
+                return f.get_tensor(self.prefix + key)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """All tensors by unprefixed key (loads a safetensors file whole: use `tensor` for big ones)."""
@@ -127,7 +128,8 @@ class Checkpoint:
             return {k: v for c in self.weight_sets[0] for k, v in c.state_dict().items()}
         from safetensors.torch import load_file
 
-        sd = load_file(str(self.path))
+        with _safetensors_errors(self.path):
+            sd = load_file(str(self.path))
         return {k: sd[self.prefix + k] for k in self.shapes}
 
     @property
@@ -191,6 +193,19 @@ def _set_label(files: list[Checkpoint]) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} shards ({names[0]} …)"
 
 
+@contextlib.contextmanager
+def _safetensors_errors(path: Path | None) -> Any:
+    """safetensors reads a file our reader already accepted; if it changed since, that is one line, not a crash."""
+    from safetensors import SafetensorError
+
+    check_input(path)  # type: ignore[arg-type]  (never hand a FIFO swapped in meanwhile to safetensors)
+    try:
+        yield
+    except (SafetensorError, OSError) as e:
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise InvalidFileError(f"{path}: cannot read the safetensors file ({msg}); did it change while lgt ran?") from None
+
+
 def _is_tensor_map(obj: Any) -> bool:
     return (
         isinstance(obj, Mapping)
@@ -249,16 +264,25 @@ def _unsafe_globals(path: Path, err: Exception) -> list[str]:
     """The globals a weights_only load refused, or [] when the failure was not about globals."""
     names: list[str] = re.findall(r"(?:Unsupported global: GLOBAL|GLOBAL) ([\w.]+)", str(err))
     if not names:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     return sorted(set(names))
 
 
 def torch_load(path: Path, trust_pickle: bool = False) -> Any:
-    """torch.load with weights_only=True (or not, when trusted), mmap for zip files, errors as LgtError."""
-    mmap = zipfile.is_zipfile(path)
+    """torch.load with weights_only=True (or not, when trusted), mmap for zip files, errors as LgtError.
+
+    torch's warnings (e.g. "Detected pickle protocol 5" on a damaged file) are held back: shown after a
+    successful load, dropped when the load fails, so a failure stays one line.
+    """
+    check_input(path)
+    with open_input(path) as f, reading(path):
+        mmap = zipfile.is_zipfile(f)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(path, e) if not trust_pickle else []
         if names:
@@ -267,18 +291,19 @@ def torch_load(path: Path, trust_pickle: bool = False) -> Any:
                 "if you trust this file, pass --trust-pickle"
             ) from None
         raise InvalidFileError(f"{path}: not a readable PyTorch checkpoint (damaged or truncated pickle)") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, ImportError,
-            IndexError, KeyError, TypeError, struct.error, MemoryError, OverflowError) as e:
-        # a damaged pickle fails in many ways; none of them is the user's fault to debug
+    except Exception as e:  # noqa: BLE001 - a damaged pickle fails in many ways; none is the user's to debug
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidFileError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
 
 
 def sniff_format(path: Path) -> str:
     """'safetensors' or 'pickle' by the file's first bytes; LgtError for anything else."""
     if looks_like_safetensors(path):
         return "safetensors"
-    with open(path, "rb") as f:
+    with open_input(path) as f, reading(path):
         head = f.read(4)
     if head[:2] == b"PK" or head[:1] == b"\x80":
         return "pickle"
@@ -288,10 +313,13 @@ def sniff_format(path: Path) -> str:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise NotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise InvalidFileError(f"{path}: is a directory, expected a checkpoint file")
+    """A regular, non-empty file (a FIFO, device or socket is refused before it is opened)."""
+    try:
+        check_input(path)
+    except InvalidFileError:
+        if os.path.isdir(path):  # (never raises, unlike Path.is_dir on a name too long)
+            raise InvalidFileError(f"{path}: is a directory, expected a checkpoint file") from None
+        raise
 
 
 def _explain_unsafe(path: Path, e: UnsafeInputError) -> UnsafeInputError:
@@ -446,10 +474,12 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
             return
         except OSError:  # e.g. a filesystem without copy_file_range: fall back to a buffered copy
             pass
-    src.seek(offset)
+    with reading(src.name):
+        src.seek(offset)
     dst.seek(0, os.SEEK_END)
     while length > 0:
-        chunk = src.read(min(length, 16 << 20))
+        with reading(src.name):
+            chunk = src.read(min(length, 16 << 20))
         if not chunk:
             raise InvalidFileError(f"{src.name}: file ended early; it may have been truncated while being read")
         dst.write(chunk)
@@ -461,7 +491,7 @@ def _patch_safetensors(ckpt: Checkpoint, updates: Mapping[str, torch.Tensor], tm
     header = ckpt._header
     assert header is not None and ckpt.path is not None
     head = encode_header([(e.name, e.dtype, e.shape, e.nbytes) for e in header.tensors.values()], metadata)
-    with open(ckpt.path, "rb") as src, open(tmp, "wb") as dst:
+    with open_input(ckpt.path) as src, open(tmp, "wb") as dst:
         dst.write(head)
         _copy_range(src, dst, header.data_start, os.fstat(src.fileno()).st_size - header.data_start)
         for key, t in updates.items():
@@ -485,6 +515,20 @@ def copy_readers(ckpt: Checkpoint) -> list[Callable[[str], torch.Tensor]]:
 
 
 Updates = Mapping[str, torch.Tensor]
+
+
+def _torch_save(obj: Any, tmp: Path, zip_format: bool = True) -> None:
+    """torch.save into a file object, so that a full disk is the OSError it is (one line), not a RuntimeError.
+
+    torch's zip writer reports a failed write as "unexpected pos" while closing; the OSError is its context.
+    """
+    with open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f, _use_new_zipfile_serialization=zip_format)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def save_checkpoint(
@@ -532,14 +576,14 @@ def _write_file(ckpt: Checkpoint, per_copy: list[Updates], tmp: Path, fmt: str, 
         with contextlib.ExitStack() as stack:
             for c, u in zip(ckpt.copies, per_copy):
                 stack.enter_context(c.updated(u))
-            torch.save(container, tmp, _use_new_zipfile_serialization=zipfile.is_zipfile(ckpt.path))
+            _torch_save(container, tmp, zip_format=zipfile.is_zipfile(ckpt.path))
     else:
         state = {**ckpt.state_dict(), **updates}
         if fmt == "safetensors":
             with open(tmp, "wb") as f:
                 write_safetensors(state, meta, f)
         else:
-            torch.save(state, tmp)
+            _torch_save(state, tmp)
 
 
 def _write_folder(ckpt: Checkpoint, per_copy: list[Updates], tmp: Path, metadata: dict[str, str],
