@@ -506,9 +506,12 @@ def _phrase(cause: BaseException) -> str:
         return "connection refused"
     if names & {"TimeoutException", "TimeoutError", "timeout"}:
         etag_timeout, download_timeout = _timeouts()
-        return (f"no answer in time (HF_HUB_ETAG_TIMEOUT={etag_timeout:g}s, "
-                f"HF_HUB_DOWNLOAD_TIMEOUT={download_timeout:g}s)")
+        return f"no answer in time: HF_HUB_ETAG_TIMEOUT is {etag_timeout:g}s, HF_HUB_DOWNLOAD_TIMEOUT {download_timeout:g}s"
     if "RemoteProtocolError" in names or "IncompleteRead" in names:
+        if "without sending a response" in text:
+            return "the server closed the connection without answering"
+        if any(w in text for w in ("illegal", "invalid", "malformed")):
+            return "the server's answer is not valid HTTP"
         return "the server closed the connection before its answer was complete"
     if "ConnectionResetError" in names or "reset" in text:
         return "connection reset"
@@ -533,8 +536,8 @@ def _network_error(e: BaseException, ref: HfRef | str) -> LgtError | None:
     if connecting:
         return _unreachable(ref, _phrase(cause))
     return HubConnectionError(
-        f"the connection to the Hub at {hub_endpoint()} failed while reading {ref} ({_phrase(cause)}); "
-        "run the command again"
+        f"the Hugging Face Hub at {hub_endpoint()} failed to serve {ref} ({_phrase(cause)}); run the command again, "
+        "check your connection or proxy, or set HF_HUB_OFFLINE=1 to use cached files"
     )
 
 
