@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import os
 import re
@@ -61,7 +62,6 @@ _MAX_REVISION = 256
 _MAX_FILENAME = 1024
 _REF_FORBIDDEN = set(" ~^:?*[\\")  # what `git check-ref-format` refuses in a branch or tag name
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_ETAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,254}")
 
 
 # --- references -----------------------------------------------------------------------------
@@ -294,12 +294,20 @@ def _progress_bars(show: bool | None) -> Iterator[None]:
         enable_progress_bars()
 
 
-def _check_answer(response: Any) -> None:
-    """Refuse a Hub answer whose commit id or ETag is not a plain name.
+_MAX_REDIRECTS = 30  # huggingface_hub 1.x follows a Hub's relative redirects without a limit
 
-    huggingface_hub joins both into cache paths (snapshots/COMMIT/…, blobs/ETAG) without checking
-    them: an ETag of '"../../x"' or '"/abs/x"' from a hostile endpoint would be written outside the cache.
+
+def _check_answer(response: Any, seen: list[int]) -> None:
+    """Refuse a Hub answer whose commit id is not one or whose ETag is not a relative path, and endless redirects.
+
+    huggingface_hub joins the commit id and the ETag of a file's HEAD into cache paths
+    (snapshots/COMMIT/…, blobs/ETAG) without checking them: an ETag of '"../../x"' or '"/abs/x"'
+    from a hostile endpoint would be written outside the cache.
     """
+    if 300 <= response.status_code < 400:
+        seen[0] += 1
+    if seen[0] > _MAX_REDIRECTS:
+        raise HubConnectionError(f"the Hub at {hub_endpoint()} redirected more than {_MAX_REDIRECTS} times; check HF_ENDPOINT")
     headers = response.headers
     commit = headers.get("x-repo-commit")
     if commit is not None and not _COMMIT.fullmatch(commit):
@@ -307,35 +315,55 @@ def _check_answer(response: Any) -> None:
             f"the Hub at {hub_endpoint()} answered a malformed commit id {_shown(commit, 60)}; nothing was written "
             "(check HF_ENDPOINT)"
         )
-    if commit is None and response.request.method != "HEAD":
-        return  # not a file's metadata (a CDN's ETag is never used for a cache path)
+    if response.request.method != "HEAD":
+        return  # huggingface_hub takes a file's ETag from its HEAD only
     for name in ("x-linked-etag", "etag"):
         etag = headers.get(name)
-        if etag is not None and not _ETAG.fullmatch(etag.lstrip("W/").strip('"')):  # huggingface_hub's normalisation
+        if etag is not None and _path_problem(etag.lstrip("W/").strip('"'), _MAX_PART):  # huggingface_hub's normalisation
             raise HubError(
                 f"the Hub at {hub_endpoint()} answered a malformed ETag {_shown(etag, 60)}; nothing was written "
                 "(check HF_ENDPOINT)"
             )
 
 
+def _bound_timeouts(request: Any, seconds: float) -> None:
+    """Give a request that has no timeout one (httpx's `timeout` request extension)."""
+    timeout = dict(request.extensions.get("timeout") or {})
+    for kind in ("connect", "read", "write", "pool"):
+        if timeout.get(kind) is None:
+            timeout[kind] = seconds if kind != "write" else max(seconds, 60.0)
+    request.extensions["timeout"] = timeout
+
+
 @contextlib.contextmanager
-def _answers_checked() -> Iterator[None]:
-    """Run `_check_answer` on every response of huggingface_hub's shared HTTP client meanwhile."""
+def _guarded_session() -> Iterator[None]:
+    """huggingface_hub's shared HTTP client, meanwhile: every answer checked (`_check_answer`), and timeouts.
+
+    Several huggingface_hub 2.x calls (repo_info, the commit API) send no timeout, so a Hub that stops
+    answering would hang lgt for ever; those requests get huggingface_hub 1.x's default
+    (DEFAULT_REQUEST_TIMEOUT, at least 60 s to write).
+    """
+    from huggingface_hub import constants
     from huggingface_hub.utils import get_session
 
-    hooks = get_session().event_hooks["response"]
-    hooks.append(_check_answer)
+    hooks = get_session().event_hooks
+    check = functools.partial(_check_answer, seen=[0])
+    bound = functools.partial(_bound_timeouts, seconds=float(constants.DEFAULT_REQUEST_TIMEOUT))
+    hooks["response"].append(check)
+    hooks["request"].append(bound)
     try:
         yield
     finally:
         with contextlib.suppress(ValueError):
-            hooks.remove(_check_answer)
+            hooks["response"].remove(check)
+        with contextlib.suppress(ValueError):
+            hooks["request"].remove(bound)
 
 
 @contextlib.contextmanager
 def _hub_call(ref: HfRef | str, *, write: bool = False) -> Iterator[None]:
     """huggingface_hub calls about `ref`: quiet, answers checked, every failure raised as a typed one-line error."""
-    with _quiet_hub_logs(), _answers_checked():
+    with _quiet_hub_logs(), _guarded_session():
         try:
             yield
         except LgtError:
@@ -554,7 +582,8 @@ def _cut_short(e: BaseException, ref: HfRef | str) -> LgtError | None:
 
 def _cache_write_error(e: BaseException) -> LgtError | None:
     """The error for a cache folder that cannot be written (permissions, full disk, read-only)."""
-    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+    unwritable = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR)
+    if isinstance(e, OSError) and e.errno in unwritable:
         return OutputError(
             f"cannot write to the Hugging Face cache at {cache_dir()} ({e.strerror}); set HF_HUB_CACHE to a "
             "writable folder with free space"

@@ -16,6 +16,7 @@ instead, one failure class per mode:
   corrupt       the body with bytes changed (`transform`, default: one byte flipped in the middle)
   headers       the upstream answer with some headers replaced (`headers`), e.g. a hostile ETag
   any_revision  the upstream answer for `main`, whatever revision the request names
+  redirect      a relative redirect to the very same URL, for ever
 
 A refused connection needs no proxy: `refused_url` names a port that is bound but not listening.
 `log` records (method, target, mode or None) for every request the proxy saw.
@@ -36,8 +37,8 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 MODES = ("reset", "close", "garbage", "status", "stall", "drop", "truncated", "short", "stall_body", "corrupt",
-         "headers", "any_revision")
-_BEFORE_ANSWER = {"reset", "close", "garbage", "status", "stall"}
+         "headers", "any_revision", "redirect")
+_BEFORE_ANSWER = {"reset", "close", "garbage", "status", "stall", "redirect"}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade", "host"}
 _REVISION_IN_PATH = [
     re.compile(r"^(/[^/?]+/[^/?]+/resolve/)([^/?]+)(/.*)$"),
@@ -160,6 +161,7 @@ class _Handler(socketserver.StreamRequestHandler):
         request = _read_request(self.rfile)
         if request is None:
             return
+        self._target = request.target
         fault = self.owner._take(request.method, request.target)
         mode = fault.mode if fault else None
         if fault is not None and mode in _BEFORE_ANSWER:
@@ -199,6 +201,8 @@ class _Handler(socketserver.StreamRequestHandler):
             self.wfile.write(body)
         elif fault.mode == "stall":
             self._stall()
+        elif fault.mode == "redirect":
+            self._write_head(302, "Found", [("Location", self._target)], 0)
 
     def _answer(self, method: str, status: int, reason: str, headers: list[tuple[str, str]], body: bytes,
                 mode: str | None) -> None:

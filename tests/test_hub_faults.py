@@ -29,6 +29,7 @@ from learngene_tools.errors import (  # noqa: E402
     HubError,
     InvalidFileError,
     LgtError,
+    OutputError,
     SettingsError,
 )
 from learngene_tools.refs import resolve  # noqa: E402
@@ -144,6 +145,40 @@ def test_network_failure_while_reading_a_remote_header(case, proxy, bundle_tiny,
         assert list(work.iterdir()) == []
     _heal(proxy, tmp_path, monkeypatch)
     assert hub.read_remote_header(REF).file_size == bundle_tiny.stat().st_size
+
+
+def test_endless_redirects_end(proxy, bundle_tiny):
+    proxy.arm(Fault("redirect", method="HEAD"))
+    for call in (lambda: hub.pull("alice/lg"), lambda: hub.read_remote_header(REF)):
+        with pytest.raises(HubConnectionError, match="redirect"):
+            call()
+    assert proxy.forwarded("HEAD") <= 2 * 32
+
+
+def test_push_failures_are_typed_too(proxy, bundle_tiny, monkeypatch):
+    from hubenv import ALICE
+
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    monkeypatch.setattr("huggingface_hub.constants.DEFAULT_REQUEST_TIMEOUT", 1)
+    api = "/api/models/alice/lg"  # the first request of a push (huggingface_hub retries its upload requests)
+    for fault, expected in ((Fault("status", method="GET", path=api, status=503), "answered HTTP 503"),
+                            (Fault("reset", method="GET", path=api), "connection reset"),
+                            (Fault("stall", method="GET", path=api), "no answer in time")):
+        proxy.arm(fault)
+        with pytest.raises(HubConnectionError, match=expected):
+            hub.push(bundle_tiny, "alice/lg", filename="other.safetensors")
+    proxy.disarm()
+    assert hub.push(bundle_tiny, "alice/lg", filename="other.safetensors").changed
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(proxy, tmp_path, monkeypatch, work):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(blocker / "hub"))
+    with pytest.raises(OutputError, match="cannot write to the Hugging Face cache"):
+        hub.pull("alice/lg")
+    line = one_error_line(run_lgt("pull", "alice/lg", cwd=work, env_extra={"HF_HUB_CACHE": str(blocker / "hub")}))
+    assert "HF_HUB_CACHE" in line
 
 
 def test_unreachable_hub_falls_back_to_the_cache(proxy, bundle_tiny, tmp_path, monkeypatch):
