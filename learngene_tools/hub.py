@@ -601,12 +601,26 @@ def hub_error(e: BaseException, ref: HfRef | str, *, write: bool = False) -> Lgt
     )
 
 
+_HUB_STACK = ("huggingface_hub", "httpx", "httpx2", "httpcore", "httpcore2", "h11", "h2", "ssl", "hf_xet")
+
+
+def _raised_in_hub_stack(e: BaseException) -> bool:
+    """True when `e` is huggingface_hub's or its HTTP stack's own, or was raised while their code ran."""
+    if type(e).__module__.split(".")[0] in _HUB_STACK:
+        return True
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").split(".")[0] in _HUB_STACK:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _foreign_error(e: BaseException, ref: HfRef | str) -> LgtError | None:
     """Any other failure inside huggingface_hub or its HTTP stack, as one line (None: an error of lgt's own)."""
-    module = type(e).__module__.split(".")[0]
-    if module not in ("huggingface_hub", "httpx", "httpx2", "httpcore", "h11", "h2", "ssl", "hf_xet"):
+    if not _raised_in_hub_stack(e):
         return None
-    return HubError(f"{ref}: the Hub request failed ({type(e).__name__}: {_one_line(e, 120)})")
+    return HubError(f"{ref}: the Hub request failed ({type(e).__name__}: {_one_line(e, 160)})")
 
 
 # --- downloads --------------------------------------------------------------------------------

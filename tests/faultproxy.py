@@ -1,7 +1,7 @@
 """A fault-injecting HTTP proxy on 127.0.0.1, in front of an upstream server (tests/fakehub.py).
 
-Every request is forwarded to the upstream server and its answer sent back, one request per
-connection (`Connection: close`). A request that matches the armed `Fault` gets a broken answer
+Every request is forwarded to the upstream server (with its Host header, as a reverse proxy does)
+and its answer sent back, one request per connection (`Connection: close`). A request that matches the armed `Fault` gets a broken answer
 instead, one failure class per mode:
 
   reset         the connection is reset (RST) before any answer
@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 MODES = ("reset", "close", "garbage", "status", "stall", "drop", "truncated", "short", "stall_body", "corrupt",
          "headers", "any_revision", "redirect")
 _BEFORE_ANSWER = {"reset", "close", "garbage", "status", "stall", "redirect"}
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade", "host"}
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
 _REVISION_IN_PATH = [
     re.compile(r"^(/[^/?]+/[^/?]+/resolve/)([^/?]+)(/.*)$"),
     re.compile(r"^(/api/models/[^/?]+/[^/?]+/(?:revision|tree)/)([^/?]+)(.*)$"),
@@ -173,9 +173,10 @@ class _Handler(socketserver.StreamRequestHandler):
             assert fault is not None
             wanted = {k.lower() for k in fault.headers}
             headers = [(k, v) for k, v in headers if k.lower() not in wanted] + list(fault.headers.items())
-        if mode == "corrupt" and request.method == "GET":
+        if mode == "corrupt" and request.method != "HEAD":
             assert fault is not None
             body = fault.transform(body)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]  # the new body's own length
         self._answer(request.method, status, reason, headers, body, mode)
 
     def finish(self) -> None:

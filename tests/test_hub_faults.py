@@ -155,7 +155,7 @@ def test_endless_redirects_end(proxy, bundle_tiny):
     assert proxy.forwarded("HEAD") <= 2 * 32
 
 
-def test_push_failures_are_typed_too(proxy, bundle_tiny, monkeypatch):
+def test_push_failures_are_typed_too(proxy, fake_hub, bundle_tiny, monkeypatch):
     from hubenv import ALICE
 
     monkeypatch.setenv("HF_TOKEN", ALICE)
@@ -167,8 +167,12 @@ def test_push_failures_are_typed_too(proxy, bundle_tiny, monkeypatch):
         proxy.arm(fault)
         with pytest.raises(HubConnectionError, match=expected):
             hub.push(bundle_tiny, "alice/lg", filename="other.safetensors")
+    proxy.arm(Fault("corrupt", method="POST", path="/commit/", transform=lambda body: b"<html>not json</html>"))
+    with pytest.raises(HubError, match="the Hub request failed"):  # whatever huggingface_hub makes of it: one line
+        hub.push(bundle_tiny, "alice/lg", filename="other.safetensors")
     proxy.disarm()
-    assert hub.push(bundle_tiny, "alice/lg", filename="other.safetensors").changed
+    hub.push(bundle_tiny, "alice/lg", filename="other.safetensors")  # the last commit did land: nothing changes now
+    assert fake_hub.files_at("alice/lg")["other.safetensors"] == bundle_tiny.read_bytes()
 
 
 def test_a_cache_that_cannot_be_written_is_one_line(proxy, tmp_path, monkeypatch, work):
