@@ -3,12 +3,19 @@
 A file argument is either a local path or `hf://OWNER/REPO/PATH[@REVISION]` (huggingface_hub's
 own form `hf://OWNER/REPO@REVISION/PATH` is accepted too; `hf://OWNER/REPO` means the repo's
 `learngene.safetensors`). Downloads go through `huggingface_hub.hf_hub_download` into its
-standard cache. HF_ENDPOINT, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE and HF_TOKEN are read
-when a function is called (not when huggingface_hub was imported), so they can change within
-one process. Every failure is an `LgtError` with one actionable line.
+standard cache. The endpoint, cache folder, offline mode and timeouts are huggingface_hub's own
+settings (`huggingface_hub.constants`: HF_ENDPOINT, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE,
+HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT, read when huggingface_hub is imported); the token
+is huggingface_hub's (HF_TOKEN or the stored login, read per call).
 
-Works with huggingface_hub 0.34+, 1.x (httpx) and 2.x (httpx2): only public functions and
-exception classes are used, looked up by name where they differ between versions.
+Every failure is a typed `LgtError` with one actionable line: `HubNotFoundError`, `HubAuthError`,
+`HubConnectionError` or `HubError` for the Hub and the network, `SettingsError` for a bad
+reference, `InvalidFileError` for a file that is not a valid bundle (removed from the cache, so
+that the next pull downloads it again). Repo ids, file names and revisions are checked before any
+request, and the Hub's answers before huggingface_hub builds cache paths from them, so no
+reference and no server can make lgt write outside the cache.
+
+Works with huggingface_hub 1.x (httpx) and 2.x (httpx2), through their public API.
 Importing this module does not import huggingface_hub.
 """
 
@@ -16,37 +23,63 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import functools
 import json
 import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, Iterator
 from urllib.parse import unquote, urlsplit
 
 from learngene_tools import __version__
-from learngene_tools.errors import LgtError
+from learngene_tools.errors import (
+    HubAuthError,
+    HubConnectionError,
+    HubError,
+    HubNotFoundError,
+    InvalidFileError,
+    LgtError,
+    NotFoundError,
+    OutputError,
+    SettingsError,
+)
 from learngene_tools.extraction.bundle import Bundle, read_bundle_header
 from learngene_tools.io.header import SafetensorsHeader, header_length, parse_header, read_header
 
 HF_SCHEME = "hf://"
 DEFAULT_FILENAME = "learngene.safetensors"
-DEFAULT_ENDPOINT = "https://huggingface.co"
 CARD_FILENAME = "README.md"
 CARD_TAGS = ("learngene", "clkg", "transfer-learning", "knowledge-distillation", "safetensors")
 _HEADER_PREFETCH = 32 * 1024  # first range request; a second one fetches the rest of a bigger header
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pkl", ".npz", ".h5", ".onnx")
+_MAX_NAME = 96  # the Hub's limit for an owner or repo name
+_MAX_PART = 255  # bytes in one path component (NAME_MAX of common file systems)
+_MAX_REVISION = 256
+_MAX_FILENAME = 1024
+_REF_FORBIDDEN = set(" ~^:?*[\\")  # what `git check-ref-format` refuses in a branch or tag name
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+# --- references -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class HfRef:
-    """A file in a Hub model repo, at a revision (None: the default branch)."""
+    """A file in a Hub model repo, at a revision (None: the default branch); checked when made."""
 
     repo_id: str
     filename: str = DEFAULT_FILENAME
     revision: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_repo_id(self.repo_id)
+        _check_filename(self.filename)
+        if self.revision is not None:
+            _check_revision(self.revision)
 
     def __str__(self) -> str:
         return f"{HF_SCHEME}{self.repo_id}/{self.filename}" + (f"@{self.revision}" if self.revision else "")
@@ -71,42 +104,94 @@ class PushResult:
         return dataclasses.asdict(self)
 
 
-# --- references -----------------------------------------------------------------------------
-
-
 def is_hf_ref(text: str | os.PathLike[str]) -> bool:
     """True when `text` is an `hf://` reference rather than a local path."""
     return isinstance(text, str) and text.startswith(HF_SCHEME)
 
 
-def _check_repo_id(repo_id: str, given: str) -> str:
+def _shown(value: str, limit: int = 80) -> str:
+    """`value` quoted for a one-line message: control characters escaped, long values cut."""
+    text = repr(value[:limit])
+    return text + ("…" if len(value) > limit else "")
+
+
+def _has_control(value: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def _check_repo_id(repo_id: str) -> str:
     parts = repo_id.split("/")
-    if len(parts) != 2 or not all(_NAME.match(p) and ".." not in p for p in parts):
-        raise LgtError(
-            f"{given!r} is not a Hub repo id; write OWNER/REPO (letters, digits, '-', '_', '.'), "
+    ok = len(parts) == 2 and all(
+        _NAME.match(p) and len(p) <= _MAX_NAME and ".." not in p and "--" not in p for p in parts
+    )
+    if not ok:
+        raise SettingsError(
+            f"{_shown(repo_id)} is not a Hub repo id; write OWNER/REPO (letters, digits, '-', '_', '.'), "
             "e.g. `lgt pull owner/repo` or hf://owner/repo/learngene.safetensors"
         )
     return repo_id
 
 
-def _check_filename(filename: str, given: str) -> str:
-    if not filename or filename.startswith("/") or any(p in ("", ".", "..") for p in filename.split("/")):
-        raise LgtError(f"{given!r}: {filename!r} is not a file path inside a repo; write hf://OWNER/REPO/FILE[@REVISION]")
+def _path_problem(value: str, limit: int) -> str | None:
+    """Why `value` cannot be a relative path inside a repo or the cache (None when it can)."""
+    if not value:
+        return "it is empty"
+    if len(value) > limit or any(len(p.encode()) > _MAX_PART for p in value.split("/")):
+        return f"it is longer than {limit} characters or has a part longer than {_MAX_PART} bytes"
+    if _has_control(value):
+        return "it contains a control character"
+    if "\\" in value:
+        return "it contains a backslash"
+    if value.startswith("/"):
+        return "it is an absolute path"
+    if any(p in ("", ".", "..") for p in value.split("/")):
+        return "it has an empty, '.' or '..' part"
+    return None
+
+
+def _check_filename(filename: str) -> str:
+    problem = _path_problem(filename, _MAX_FILENAME)
+    if problem:
+        raise SettingsError(
+            f"{_shown(filename)} is not a file path inside a repo ({problem}); write hf://OWNER/REPO/FILE[@REVISION] "
+            "or --filename DIR/FILE"
+        )
     return filename
 
 
+def _revision_problem(revision: str) -> str | None:
+    """Why `revision` is not a branch, tag or commit name (git's rules for ref names), None when it is one."""
+    problem = _path_problem(revision, _MAX_REVISION)
+    if problem:
+        return problem
+    if _REF_FORBIDDEN & set(revision) or "@{" in revision or revision == "@":
+        return "it contains a character git does not allow in a ref name (space ~ ^ : ? * [ or @{)"
+    if any(p.startswith(".") or p.endswith((".", ".lock")) for p in revision.split("/")):
+        return "a part of it starts or ends with '.' or ends with '.lock'"
+    return None
+
+
+def _check_revision(revision: str) -> str:
+    problem = _revision_problem(revision)
+    if problem:
+        raise SettingsError(
+            f"{_shown(revision)} is not a revision ({problem}); give a branch, tag or commit, e.g. main, v1, refs/pr/1"
+        )
+    return revision
+
+
 def parse_hf_ref(ref: str, default_filename: str = DEFAULT_FILENAME) -> HfRef:
-    """Parse `hf://OWNER/REPO[/PATH][@REVISION]` (or `hf://OWNER/REPO@REVISION[/PATH]`) into an HfRef."""
+    """Parse `hf://OWNER/REPO[/PATH][@REVISION]` (or `hf://OWNER/REPO@REVISION[/PATH]`) into a checked HfRef."""
     if not is_hf_ref(ref):
-        raise LgtError(f"{ref!r} is not a Hub reference; write hf://OWNER/REPO/FILE[@REVISION]")
+        raise SettingsError(f"{_shown(ref)} is not a Hub reference; write hf://OWNER/REPO/FILE[@REVISION]")
     rest = ref[len(HF_SCHEME):]
     if rest.startswith("models/"):
         rest = rest[len("models/"):]
     elif rest.startswith(("datasets/", "spaces/")):
-        raise LgtError(f"{ref!r}: learngene bundles live in model repos; write hf://OWNER/REPO/FILE")
+        raise SettingsError(f"{_shown(ref)}: learngene bundles live in model repos; write hf://OWNER/REPO/FILE")
     parts = rest.split("/", 2)
     if len(parts) < 2:
-        raise LgtError(f"{ref!r} names no repo; write hf://OWNER/REPO/FILE[@REVISION]")
+        raise SettingsError(f"{_shown(ref)} names no repo; write hf://OWNER/REPO/FILE[@REVISION]")
     owner, repo = parts[0], parts[1]
     path = parts[2] if len(parts) == 3 else ""
     revision: str | None = None
@@ -116,51 +201,53 @@ def parse_hf_ref(ref: str, default_filename: str = DEFAULT_FILENAME) -> HfRef:
     if "@" in path:  # the form in lgt's docs: hf://owner/repo/path@rev (rev may contain '/')
         path, rev2 = path.rsplit("@", 1)
         if revision is not None:
-            raise LgtError(f"{ref!r} gives two revisions; write hf://OWNER/REPO/FILE@REVISION")
+            raise SettingsError(f"{_shown(ref)} gives two revisions; write hf://OWNER/REPO/FILE@REVISION")
         revision = rev2
     if revision is not None and not revision:
-        raise LgtError(f"{ref!r} has an empty revision after '@'; give a branch, tag or commit, or drop the '@'")
-    repo_id = _check_repo_id(f"{owner}/{repo}", ref)
-    filename = _check_filename(path.strip("/") or default_filename, ref)
-    return HfRef(repo_id, filename, revision)
+        raise SettingsError(f"{_shown(ref)} has an empty revision after '@'; give a branch, tag or commit, or drop the '@'")
+    return HfRef(f"{owner}/{repo}", path.strip("/") or default_filename, revision)
 
 
 def _ref_from(repo: str, filename: str | None, revision: str | None) -> HfRef:
     """`owner/repo` or an hf:// reference, with --filename / --revision taking precedence."""
-    if is_hf_ref(repo):
-        base = parse_hf_ref(repo)
-    else:
-        base = HfRef(_check_repo_id(repo.strip("/"), repo))
-    return HfRef(
-        base.repo_id,
-        _check_filename(filename, filename) if filename else base.filename,
-        revision if revision else base.revision,
-    )
+    base = parse_hf_ref(repo) if is_hf_ref(repo) else HfRef(repo.strip("/"))
+    return HfRef(base.repo_id, filename if filename is not None else base.filename,
+                 revision if revision is not None else base.revision)
 
 
-# --- configuration, read at call time ---------------------------------------------------------
+def _as_ref(ref: str | HfRef) -> HfRef:
+    return ref if isinstance(ref, HfRef) else parse_hf_ref(ref)
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+# --- huggingface_hub's settings ---------------------------------------------------------------
 
 
 def hub_endpoint() -> str:
-    """The Hub's base URL: HF_ENDPOINT, or huggingface.co."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    """The Hub's base URL (HF_ENDPOINT, else huggingface.co), as huggingface_hub has it."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
 
 
 def is_offline() -> bool:
-    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for cache-only use."""
-    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks huggingface_hub for cache-only use."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def cache_dir() -> str:
-    """The huggingface_hub cache folder: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    return os.path.join(os.path.expanduser(home), "hub")
+    """huggingface_hub's cache folder (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _timeouts() -> tuple[float, float]:
+    """huggingface_hub's (metadata, download) timeouts in seconds: HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT."""
+    from huggingface_hub import constants
+
+    return float(constants.HF_HUB_ETAG_TIMEOUT), float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
 
 
 def _token() -> str | None:
@@ -173,16 +260,12 @@ def _token() -> str | None:
         return os.environ.get("HF_TOKEN") or None
 
 
-def _download_kwargs(ref: HfRef) -> dict[str, Any]:
-    return dict(
-        repo_id=ref.repo_id, filename=ref.filename, revision=ref.revision, cache_dir=cache_dir(),
-        endpoint=hub_endpoint(), library_name="learngene_tools", library_version=__version__,
-    )
+# --- guarded calls ----------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def _quiet_hub_logs() -> Iterator[None]:
-    """Silence huggingface_hub's own warnings (lgt reports the outcome itself)."""
+    """Silence huggingface_hub's own warnings and retry notes (lgt reports the outcome in one line)."""
     from huggingface_hub.utils import logging as hub_logging
 
     level = hub_logging.get_verbosity()
@@ -211,51 +294,104 @@ def _progress_bars(show: bool | None) -> Iterator[None]:
         enable_progress_bars()
 
 
+_MAX_REDIRECTS = 30  # huggingface_hub 1.x follows a Hub's relative redirects without a limit
+
+
+def _check_answer(response: Any, seen: list[int]) -> None:
+    """Refuse a Hub answer whose commit id is not one or whose ETag is not a relative path, and endless redirects.
+
+    huggingface_hub joins the commit id and the ETag of a file's HEAD into cache paths
+    (snapshots/COMMIT/…, blobs/ETAG) without checking them: an ETag of '"../../x"' or '"/abs/x"'
+    from a hostile endpoint would be written outside the cache.
+    """
+    if 300 <= response.status_code < 400:
+        seen[0] += 1
+    if seen[0] > _MAX_REDIRECTS:
+        raise HubConnectionError(f"the Hub at {hub_endpoint()} redirected more than {_MAX_REDIRECTS} times; check HF_ENDPOINT")
+    headers = response.headers
+    commit = headers.get("x-repo-commit")
+    if commit is not None and not _COMMIT.fullmatch(commit):
+        raise HubError(
+            f"the Hub at {hub_endpoint()} answered a malformed commit id {_shown(commit, 60)}; nothing was written "
+            "(check HF_ENDPOINT)"
+        )
+    if response.request.method != "HEAD":
+        return  # huggingface_hub takes a file's ETag from its HEAD only
+    for name in ("x-linked-etag", "etag"):
+        etag = headers.get(name)
+        if etag is not None and _path_problem(etag.lstrip("W/").strip('"'), _MAX_PART):  # huggingface_hub's normalisation
+            raise HubError(
+                f"the Hub at {hub_endpoint()} answered a malformed ETag {_shown(etag, 60)}; nothing was written "
+                "(check HF_ENDPOINT)"
+            )
+
+
+def _bound_timeouts(request: Any, seconds: float) -> None:
+    """Give a request that has no timeout one (httpx's `timeout` request extension)."""
+    timeout = dict(request.extensions.get("timeout") or {})
+    for kind in ("connect", "read", "write", "pool"):
+        if timeout.get(kind) is None:
+            timeout[kind] = seconds if kind != "write" else max(seconds, 60.0)
+    request.extensions["timeout"] = timeout
+
+
+@contextlib.contextmanager
+def _guarded_session() -> Iterator[None]:
+    """huggingface_hub's shared HTTP client, meanwhile: every answer checked (`_check_answer`), and timeouts.
+
+    Several huggingface_hub 2.x calls (repo_info, the commit API) send no timeout, so a Hub that stops
+    answering would hang lgt for ever; those requests get huggingface_hub 1.x's default
+    (DEFAULT_REQUEST_TIMEOUT, at least 60 s to write).
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    hooks = get_session().event_hooks
+    check = functools.partial(_check_answer, seen=[0])
+    bound = functools.partial(_bound_timeouts, seconds=float(constants.DEFAULT_REQUEST_TIMEOUT))
+    hooks["response"].append(check)
+    hooks["request"].append(bound)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            hooks["response"].remove(check)
+        with contextlib.suppress(ValueError):
+            hooks["request"].remove(bound)
+
+
+@contextlib.contextmanager
+def _hub_call(ref: HfRef | str, *, write: bool = False) -> Iterator[None]:
+    """huggingface_hub calls about `ref`: quiet, answers checked, every failure raised as a typed one-line error."""
+    with _quiet_hub_logs(), _guarded_session():
+        try:
+            yield
+        except LgtError:
+            raise
+        except Exception as e:  # noqa: BLE001 - mapped below; only our own bugs go through unchanged
+            err = hub_error(e, ref, write=write) or _foreign_error(e, ref)
+            if err is None:
+                raise
+            raise err from e
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 
-def _hub_classes(*names: str) -> tuple[type, ...]:
-    """Exception classes of the installed huggingface_hub, by name (names and homes differ across 0.x/1.x/2.x)."""
-    import huggingface_hub.utils as hub_utils
-
-    try:
-        import huggingface_hub.errors as hub_errors
-    except ImportError:  # pragma: no cover - very old huggingface_hub
-        hub_errors = hub_utils  # type: ignore[assignment]
-    found = []
-    for name in names:
-        cls = getattr(hub_errors, name, None) or getattr(hub_utils, name, None)
-        if isinstance(cls, type):
-            found.append(cls)
-    return tuple(found)
-
-
-_CONNECTION_ERRORS = {
-    "ConnectError", "ConnectTimeout", "ConnectionError", "NetworkError", "TimeoutException", "ReadTimeout",
-    "ProxyError", "SSLError", "ConnectionRefusedError", "ConnectionResetError", "OfflineModeIsEnabled", "timeout",
-}
-
-
-def _connection_cause(e: BaseException) -> BaseException | None:
-    """The connection-level error in `e`'s chain (httpx, httpx2, requests or socket), if any."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if any(c.__name__ in _CONNECTION_ERRORS for c in type(cur).__mro__):
-            return cur
-        cur = cur.__cause__ or cur.__context__
-    return None
+def _one_line(text: object, limit: int = 200) -> str:
+    """`text` as one line of printable characters, at most `limit` long."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _status(e: BaseException) -> int | None:
     response = getattr(e, "response", None)
-    return getattr(response, "status_code", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def _server_message(e: BaseException) -> str:
-    msg = getattr(e, "server_message", None) or ""
-    return " ".join(str(msg).split())[:200]
+    return _one_line(getattr(e, "server_message", None) or "")
 
 
 def _repo_files(ref: HfRef) -> list[str]:
@@ -268,92 +404,233 @@ def _repo_files(ref: HfRef) -> list[str]:
         return []
 
 
-def hub_error(e: BaseException, ref: HfRef | str, *, write: bool = False) -> LgtError | None:
-    """The one-line LgtError for a huggingface_hub / network failure about `ref`, or None if `e` is not one."""
-    if isinstance(e, LgtError):
-        return e
-    repo_id = ref.repo_id if isinstance(ref, HfRef) else str(ref)
-    rev = (ref.revision if isinstance(ref, HfRef) else None) or "main"
+def _names(ref: HfRef | str) -> tuple[str, str]:
+    """(repo id, revision) for messages."""
+    if isinstance(ref, HfRef):
+        return ref.repo_id, ref.revision or "main"
+    return str(ref), "main"
+
+
+def _offline_error(ref: HfRef | str) -> HubConnectionError:
+    return HubConnectionError(
+        f"{ref} is not in the local cache ({cache_dir()}) and HF_HUB_OFFLINE is set; run the command once online "
+        "(or `lgt pull`) to cache it, or unset HF_HUB_OFFLINE"
+    )
+
+
+def _not_found_or_private(repo_id: str) -> HubNotFoundError:
     endpoint = hub_endpoint()
-    gated = _hub_classes("GatedRepoError")
-    repo_missing = _hub_classes("RepositoryNotFoundError")
-    revision_missing = _hub_classes("RevisionNotFoundError")
-    local_missing = _hub_classes("LocalEntryNotFoundError", "OfflineModeIsEnabled")
-    entry_missing = _hub_classes("RemoteEntryNotFoundError", "EntryNotFoundError")
-    http_error = _hub_classes("HfHubHTTPError")
-    status = _status(e)
-    if write and (repo_missing and isinstance(e, repo_missing) or status in (401, 403)):
-        msg = _server_message(e)
-        return LgtError(
-            f"{repo_id}: the Hub refused the upload (HTTP {status}{': ' + msg if msg else ''}); check the repo name "
-            "and set HF_TOKEN to a token with write access to it"
+    if _token() is None:
+        return HubNotFoundError(
+            f"{repo_id}: repository not found on {endpoint}, or it is private or gated: check the name, or set "
+            "HF_TOKEN to a token that can read it (`hf auth login`)"
         )
-    if gated and isinstance(e, gated):
-        return LgtError(
-            f"{repo_id} is a gated repository: request access at {endpoint}/{repo_id}, then set HF_TOKEN to a "
+    return HubNotFoundError(
+        f"{repo_id}: repository not found on {endpoint}, or the token in use cannot read it; check the name "
+        "and the token's access"
+    )
+
+
+def _missing_file(ref: HfRef | str) -> HubNotFoundError:
+    if not isinstance(ref, HfRef):
+        return HubNotFoundError(f"{ref}: no such file on the Hub")
+    files = [_one_line(f, 100) for f in _repo_files(ref) if not f.startswith(".")]
+    listing = f"; it has {', '.join(files[:8])}{', …' if len(files) > 8 else ''}" if files else ""
+    return HubNotFoundError(
+        f"{ref.repo_id}@{ref.revision or 'main'} has no file {ref.filename!r}{listing}; pass --filename, or name the "
+        f"file in hf://{ref.repo_id}/FILE"
+    )
+
+
+def _typed_hub_error(e: BaseException, ref: HfRef | str, write: bool) -> LgtError | None:
+    """The error for one of huggingface_hub's typed exceptions."""
+    from huggingface_hub import errors as hf
+
+    repo_id, rev = _names(ref)
+    if isinstance(e, hf.HFValidationError):
+        return SettingsError(f"{ref}: {_one_line(e)}")
+    if write and (isinstance(e, hf.RepositoryNotFoundError) or _status(e) in (401, 403)):
+        msg = _server_message(e)
+        return HubAuthError(
+            f"{repo_id}: the Hub refused the upload (HTTP {_status(e)}{': ' + msg if msg else ''}); check the repo "
+            "name and set HF_TOKEN to a token with write access to it"
+        )
+    if isinstance(e, hf.GatedRepoError):
+        return HubAuthError(
+            f"{repo_id} is a gated repository: request access at {hub_endpoint()}/{repo_id}, then set HF_TOKEN to a "
             "token of an account that was granted access (or run `hf auth login`)"
         )
-    if repo_missing and isinstance(e, repo_missing):
-        if _token() is None:
-            return LgtError(
-                f"{repo_id}: repository not found on {endpoint}, or it is private or gated: check the name, or set "
-                "HF_TOKEN to a token that can read it (`hf auth login`)"
-            )
-        return LgtError(
-            f"{repo_id}: repository not found on {endpoint}, or the token in use cannot read it; check the name "
-            "and the token's access"
-        )
-    if revision_missing and isinstance(e, revision_missing):
-        return LgtError(f"{repo_id}: revision {rev!r} not found; give an existing branch, tag or commit (default: main)")
-    if local_missing and isinstance(e, local_missing):
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return _not_found_or_private(repo_id)
+    if isinstance(e, hf.RevisionNotFoundError):
+        return HubNotFoundError(f"{repo_id}: revision {rev!r} not found; give an existing branch, tag or commit (default: main)")
+    if isinstance(e, (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled)):
         if is_offline():
-            return LgtError(
-                f"{ref} is not in the local cache ({cache_dir()}) and HF_HUB_OFFLINE is set; run the command "
-                "once online (or `lgt pull`) to cache it, or unset HF_HUB_OFFLINE"
-            )
-        return LgtError(
-            f"cannot reach the Hugging Face Hub at {endpoint} for {ref} and it is not in the local cache; "
-            "check your connection or proxy (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use cached files"
-        )
-    if entry_missing and isinstance(e, entry_missing) and isinstance(ref, HfRef):
-        files = [f for f in _repo_files(ref) if not f.startswith(".")]
-        listing = f"; it has {', '.join(files[:8])}{', …' if len(files) > 8 else ''}" if files else ""
-        return LgtError(
-            f"{ref.repo_id}@{rev} has no file {ref.filename!r}{listing}; pass --filename, or name the file in "
-            f"hf://{ref.repo_id}/FILE"
-        )
-    if http_error and isinstance(e, http_error) or status is not None:
-        msg = _server_message(e)
-        detail = f": {msg}" if msg else ""
-        if status == 401:
-            return LgtError(
-                f"{repo_id}: the Hub refused the credentials (HTTP 401{detail}); set HF_TOKEN to a valid token "
-                "(`hf auth login`)"
-            )
-        if status == 403:
-            need = "write" if write else "read"
-            return LgtError(f"{repo_id}: access denied (HTTP 403{detail}); use a token with {need} access to {repo_id}")
-        if status is not None and status >= 500:
-            return LgtError(f"{repo_id}: the Hub at {endpoint} answered HTTP {status}{detail}; try again later")
-        if status is not None:
-            return LgtError(f"{repo_id}: the Hub answered HTTP {status}{detail}")
-    cause = _connection_cause(e)
-    if cause is not None:
-        return LgtError(
-            f"cannot reach the Hugging Face Hub at {endpoint} ({type(cause).__name__}); check your connection or "
-            "proxy (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use cached files"
+            return _offline_error(ref)
+        cause = e.__cause__ or e.__context__
+        return (hub_error(cause, ref, write=write) if cause is not None else None) or _unreachable(ref, "no answer")
+    if isinstance(e, hf.EntryNotFoundError):
+        return _missing_file(ref)
+    if isinstance(e, hf.FileMetadataError):
+        return HubError(
+            f"the server at {hub_endpoint()} does not answer like a Hugging Face Hub ({_one_line(e, 80)}); "
+            "check HF_ENDPOINT"
         )
     return None
 
 
-def _raise_hub_error(e: BaseException, ref: HfRef | str, *, write: bool = False) -> NoReturn:
-    err = hub_error(e, ref, write=write)
-    if err is None:
-        raise e
-    raise err from None
+def _http_error(e: BaseException, ref: HfRef | str, write: bool) -> LgtError | None:
+    """The error for an HTTP error status."""
+    status = _status(e)
+    if status is None or status < 400:
+        return None
+    repo_id, _ = _names(ref)
+    msg = _server_message(e)
+    detail = f": {msg}" if msg else ""
+    if status == 401:
+        return HubAuthError(
+            f"{repo_id}: the Hub refused the credentials (HTTP 401{detail}); set HF_TOKEN to a valid token "
+            "(`hf auth login`)"
+        )
+    if status == 403:
+        need = "write" if write else "read"
+        return HubAuthError(f"{repo_id}: access denied (HTTP 403{detail}); use a token with {need} access to {repo_id}")
+    if status == 404:
+        return HubNotFoundError(f"{repo_id}: the Hub at {hub_endpoint()} answered HTTP 404{detail}")
+    if status >= 500 or status in (408, 429):
+        return HubConnectionError(f"{repo_id}: the Hub at {hub_endpoint()} answered HTTP {status}{detail}; try again later")
+    return HubError(f"{repo_id}: the Hub at {hub_endpoint()} answered HTTP {status}{detail}")
+
+
+_CONNECT_FAILURES = {"ConnectError", "ConnectTimeout", "ConnectionRefusedError", "ProxyError", "gaierror"}
+_TRANSFER_FAILURES = {
+    "ReadError", "ReadTimeout", "WriteError", "WriteTimeout", "PoolTimeout", "RemoteProtocolError",
+    "LocalProtocolError", "ProtocolError", "NetworkError", "TimeoutException", "TransportError", "TooManyRedirects",
+    "DecodingError", "StreamError", "ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError",
+    "ConnectionError", "TimeoutError", "timeout", "IncompleteRead", "SSLError",
+}
+
+
+def _network_cause(e: BaseException) -> tuple[BaseException, bool] | None:
+    """The network-level error in `e`'s chain and whether it happened while connecting, if there is one."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        names = {c.__name__ for c in type(cur).__mro__}
+        if names & _CONNECT_FAILURES:
+            return cur, True
+        if names & _TRANSFER_FAILURES:
+            return cur, False
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _phrase(cause: BaseException) -> str:
+    """What went wrong on the wire, in a few words."""
+    names = {c.__name__ for c in type(cause).__mro__}
+    text = str(cause).lower()
+    if "ConnectionRefusedError" in names or getattr(cause, "errno", None) == errno.ECONNREFUSED or "refused" in text:
+        return "connection refused"
+    if names & {"TimeoutException", "TimeoutError", "timeout"}:
+        etag_timeout, download_timeout = _timeouts()
+        return f"no answer in time: HF_HUB_ETAG_TIMEOUT is {etag_timeout:g}s, HF_HUB_DOWNLOAD_TIMEOUT {download_timeout:g}s"
+    if "RemoteProtocolError" in names or "IncompleteRead" in names:
+        if "without sending a response" in text:
+            return "the server closed the connection without answering"
+        if any(w in text for w in ("illegal", "invalid", "malformed")):
+            return "the server's answer is not valid HTTP"
+        return "the server closed the connection before its answer was complete"
+    if "ConnectionResetError" in names or "reset" in text:
+        return "connection reset"
+    if "TooManyRedirects" in names:
+        return "too many redirects"
+    return f"network error {type(cause).__name__}"
+
+
+def _unreachable(ref: HfRef | str, phrase: str) -> HubConnectionError:
+    return HubConnectionError(
+        f"cannot reach the Hugging Face Hub at {hub_endpoint()} for {ref} ({phrase}); check your connection or proxy "
+        "(or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use cached files"
+    )
+
+
+def _network_error(e: BaseException, ref: HfRef | str) -> LgtError | None:
+    """The error for a failed connection or transfer."""
+    found = _network_cause(e)
+    if found is None:
+        return _cut_short(e, ref)
+    cause, connecting = found
+    if connecting:
+        return _unreachable(ref, _phrase(cause))
+    return HubConnectionError(
+        f"the Hugging Face Hub at {hub_endpoint()} failed to serve {ref} ({_phrase(cause)}); run the command again, "
+        "check your connection or proxy, or set HF_HUB_OFFLINE=1 to use cached files"
+    )
+
+
+def _cut_short(e: BaseException, ref: HfRef | str) -> LgtError | None:
+    """huggingface_hub's 'Consistency check failed': the body was shorter (or longer) than announced."""
+    m = re.search(r"should be of size (\d+) but has size (\d+)", str(e))
+    if not isinstance(e, OSError) or m is None:
+        return None
+    return HubConnectionError(
+        f"the download of {ref} from {hub_endpoint()} was cut short ({m.group(2)} of {m.group(1)} bytes arrived); "
+        "run the command again"
+    )
+
+
+def _cache_write_error(e: BaseException) -> LgtError | None:
+    """The error for a cache folder that cannot be written (permissions, full disk, read-only)."""
+    unwritable = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR)
+    if isinstance(e, OSError) and e.errno in unwritable:
+        return OutputError(
+            f"cannot write to the Hugging Face cache at {cache_dir()} ({e.strerror}); set HF_HUB_CACHE to a "
+            "writable folder with free space"
+        )
+    return None
+
+
+def hub_error(e: BaseException, ref: HfRef | str, *, write: bool = False) -> LgtError | None:
+    """The typed one-line error for a huggingface_hub or network failure about `ref`, or None if `e` is neither."""
+    if isinstance(e, LgtError):
+        return e
+    return (
+        _typed_hub_error(e, ref, write) or _http_error(e, ref, write) or _network_error(e, ref)
+        or _cache_write_error(e)
+    )
+
+
+_HUB_STACK = ("huggingface_hub", "httpx", "httpx2", "httpcore", "httpcore2", "h11", "h2", "ssl", "hf_xet")
+
+
+def _raised_in_hub_stack(e: BaseException) -> bool:
+    """True when `e` is huggingface_hub's or its HTTP stack's own, or was raised while their code ran."""
+    if type(e).__module__.split(".")[0] in _HUB_STACK:
+        return True
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").split(".")[0] in _HUB_STACK:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _foreign_error(e: BaseException, ref: HfRef | str) -> LgtError | None:
+    """Any other failure inside huggingface_hub or its HTTP stack, as one line (None: an error of lgt's own)."""
+    if not _raised_in_hub_stack(e):
+        return None
+    return HubError(f"{ref}: the Hub request failed ({type(e).__name__}: {_one_line(e, 160)})")
 
 
 # --- downloads --------------------------------------------------------------------------------
+
+
+def _download_kwargs(ref: HfRef) -> dict[str, Any]:
+    return dict(
+        repo_id=ref.repo_id, filename=ref.filename, revision=ref.revision, cache_dir=cache_dir(),
+        endpoint=hub_endpoint(), library_name="learngene_tools", library_version=__version__,
+    )
 
 
 def _file_metadata(ref: HfRef) -> Any:
@@ -361,58 +638,101 @@ def _file_metadata(ref: HfRef) -> Any:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(ref.repo_id, ref.filename, revision=ref.revision, endpoint=hub_endpoint())
-    return get_hf_file_metadata(url, library_name="learngene_tools", library_version=__version__)
+    meta = get_hf_file_metadata(url, timeout=_timeouts()[0], library_name="learngene_tools",
+                                library_version=__version__, endpoint=hub_endpoint())
+    if meta.commit_hash is None:
+        raise HubError(f"the server at {hub_endpoint()} answered {ref} without a commit id; is HF_ENDPOINT a Hugging "
+                       "Face Hub?")
+    return meta
+
+
+def _in_cache(ref: HfRef) -> Path | None:
+    """The cached copy of the file at the ref's revision, if there is one."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(ref.repo_id, ref.filename, cache_dir=cache_dir(), revision=ref.revision)
+    return Path(found) if isinstance(found, str) else None
 
 
 def _cached(ref: HfRef) -> Path:
-    from huggingface_hub import hf_hub_download
+    path = _in_cache(ref)
+    if path is None:
+        raise _offline_error(ref)
+    return path
 
-    return Path(hf_hub_download(**_download_kwargs(ref), local_files_only=True))
+
+def _is_definitive(e: BaseException) -> bool:
+    """True when the Hub's answer settles it (no cached copy is used instead): a missing revision or file."""
+    from huggingface_hub import errors as hf
+
+    if isinstance(e, LgtError):
+        return True
+    return isinstance(e, (hf.RevisionNotFoundError, hf.RemoteEntryNotFoundError))
+
+
+def _metadata_or_cached(ref: HfRef) -> tuple[Any, Path | None]:
+    """(the file's metadata, None), or (None, the cached copy) when the Hub cannot answer, like huggingface_hub does."""
+    try:
+        return _file_metadata(ref), None
+    except Exception as e:
+        cached = None if _is_definitive(e) else _in_cache(ref)
+        if cached is None:
+            raise
+        return None, cached
 
 
 def _download(ref: HfRef, progress: bool | None) -> Path:
     """The file in the huggingface_hub cache, downloaded if needed."""
     from huggingface_hub import hf_hub_download
 
-    if is_offline():
-        try:
+    with _hub_call(ref):
+        if is_offline():
             return _cached(ref)
-        except Exception as e:  # noqa: BLE001
-            _raise_hub_error(e, ref)
-    # One HEAD first: it fails fast with the Hub's own answer (huggingface_hub alone would retry an
-    # unreachable Hub with backoff for ~20 s before saying so).
+        # One HEAD first: it fails fast with the Hub's own answer (hf_hub_download would retry an
+        # unreachable Hub before saying so), and an unreachable Hub falls back to a cached copy.
+        _, cached = _metadata_or_cached(ref)
+        if cached is not None:
+            return cached
+        with _progress_bars(progress):
+            return Path(hf_hub_download(**_download_kwargs(ref), etag_timeout=_timeouts()[0]))
+
+
+def _evict(path: Path) -> bool:
+    """Remove a cached file (its snapshot link and its blob) so that the next download fetches it again."""
+    cache = os.path.realpath(cache_dir())
+    link = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    blob = os.path.realpath(path)
+    removed = False
+    for p in dict.fromkeys((link, blob)):
+        if os.path.commonpath((cache, p)) != cache:
+            continue  # never touch a file outside the cache
+        try:
+            os.unlink(p)
+            removed = True
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+    return removed
+
+
+def _checked_bundle(path: Path, ref: HfRef) -> Path:
+    """`path` when it is a valid bundle (tensor hash included); otherwise it leaves the cache and the error names `ref`."""
     try:
-        _file_metadata(ref)
-    except Exception as e:  # noqa: BLE001
-        if isinstance(e, _hub_classes("RevisionNotFoundError", "RemoteEntryNotFoundError")) or (
-            isinstance(e, _hub_classes("EntryNotFoundError")) and not isinstance(e, _hub_classes("LocalEntryNotFoundError"))
-        ):
-            _raise_hub_error(e, ref)
-        try:  # like huggingface_hub: an unreachable or refusing Hub falls back to a cached copy
-            return _cached(ref)
-        except Exception:  # noqa: BLE001
-            _raise_hub_error(e, ref)
-    with _progress_bars(progress):
-        try:
-            return Path(hf_hub_download(**_download_kwargs(ref)))
-        except Exception as e:  # noqa: BLE001
-            _raise_hub_error(e, ref)
-
-
-def _relabel(err: LgtError, path: Path, ref: HfRef) -> LgtError:
-    return LgtError(str(err).replace(str(path), str(ref)))
+        read_bundle_header(path, verify=True)
+    except LgtError as e:
+        msg = str(e).replace(str(path), str(ref))
+        if _evict(path):
+            msg += " (removed from the Hugging Face cache: the next pull downloads it again)"
+        raise (type(e) if isinstance(e, InvalidFileError) else InvalidFileError)(msg) from None
+    return path
 
 
 def download(ref: str | HfRef, *, expect_bundle: bool = False, progress: bool | None = None) -> Path:
     """An `hf://` file in the huggingface_hub cache, downloaded if needed; `expect_bundle` validates it as a bundle."""
-    hf_ref = ref if isinstance(ref, HfRef) else parse_hf_ref(ref)
+    hf_ref = _as_ref(ref)
     path = _download(hf_ref, progress)
-    if expect_bundle:
-        try:
-            read_bundle_header(path, verify=True)
-        except LgtError as e:
-            raise _relabel(e, path, hf_ref) from None
-    return path
+    return _checked_bundle(path, hf_ref) if expect_bundle else path
 
 
 def pull(
@@ -422,75 +742,99 @@ def pull(
     """Download a bundle (`owner/repo` or an hf:// reference) into the HF cache and return its local path."""
     ref = _ref_from(repo, filename, revision)
     path = _download(ref, progress)
-    if verify:
-        try:
-            read_bundle_header(path, verify=True)
-        except LgtError as e:
-            raise _relabel(e, path, ref) from None
-    return path
+    return _checked_bundle(path, ref) if verify else path
 
 
 def commit_of(path: str | os.PathLike[str]) -> str | None:
     """The commit a file in the huggingface_hub cache belongs to (its snapshot folder), if it is one."""
     p = Path(path)
     for parent in p.parents:
-        if parent.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", parent.name):
+        if parent.parent.name == "snapshots" and _COMMIT.fullmatch(parent.name):
             return parent.name
     return None
 
 
 # --- remote header ----------------------------------------------------------------------------
+#
+# huggingface_hub's `HfApi.parse_safetensors_file_metadata` reads a header with the same range
+# requests, but it hands back parsed dicts (no raw bytes, no file size) after a laxer parse, and
+# `get_safetensors_metadata` only looks for `model.safetensors` / its index. The project's own
+# reader (`parse_header`) needs the raw bytes and the file size, so the bytes are fetched here
+# through huggingface_hub's HTTP session, headers, timeouts and error types.
 
 
-def _range_get(url: str, start: int, end: int, headers: dict[str, str]) -> bytes:
+def _range_get(url: str, start: int, end: int, headers: dict[str, str], label: str) -> bytes:
     """Bytes start..end (inclusive) of `url`, with one HTTP range request through huggingface_hub's session."""
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
-    response = get_session().get(url, headers={**headers, "Range": f"bytes={start}-{end}"})
-    hf_raise_for_status(response)
-    data = response.content
-    if response.status_code != 206:  # the server ignored the Range header and sent the whole file
-        data = data[start : end + 1]
-    return data
+    want = end - start + 1
+    request_headers = {**headers, "Range": f"bytes={start}-{end}"}
+    with get_session().stream("GET", url, headers=request_headers, timeout=_timeouts()[1]) as response:
+        if response.status_code >= 400:
+            response.read()
+            hf_raise_for_status(response)
+        skip = 0 if response.status_code == 206 else start  # a server that ignores Range sends the whole file
+        data = bytearray()
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= skip + want:
+                break
+    got = bytes(data[skip : skip + want])
+    if len(got) != want:
+        raise HubConnectionError(
+            f"{label}: the Hub at {hub_endpoint()} sent {len(got)} of the {want} header bytes asked for; "
+            "run the command again"
+        )
+    return got
+
+
+def _header_url(ref: HfRef, meta: Any) -> tuple[str, dict[str, str]]:
+    """Where to read the file and with which headers: the very commit the HEAD answered for, or a signed CDN url."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    headers = build_hf_headers(library_name="learngene_tools", library_version=__version__)
+    url = meta.location
+    if urlsplit(url).netloc != urlsplit(hub_endpoint()).netloc:
+        headers.pop("authorization", None)  # a signed CDN url: the token stays on the Hub
+    else:
+        url = hf_hub_url(ref.repo_id, ref.filename, revision=meta.commit_hash, endpoint=hub_endpoint())
+    return url, headers
+
+
+def _remote_header_bytes(ref: HfRef, meta: Any) -> tuple[bytes, int]:
+    """The raw JSON header of the remote file and the file's size, by one or two range requests."""
+    label = str(ref)
+    size = meta.size
+    if size is None:
+        raise HubError(f"{label}: the Hub did not say the file's size; use `lgt pull` to download it instead")
+    url, headers = _header_url(ref, meta)
+    first = _range_get(url, 0, min(size, _HEADER_PREFETCH) - 1, headers, label) if size > 0 else b""
+    n = header_length(first[:8], size, label)
+    raw = first[8 : 8 + n]
+    if len(raw) < n:
+        raw += _range_get(url, 8 + len(raw), 8 + n - 1, headers, label)
+    return raw, size
+
+
+def _local_header(path: Path, ref: HfRef) -> SafetensorsHeader:
+    try:
+        return dataclasses.replace(read_header(path), source=str(ref))
+    except InvalidFileError as e:
+        raise InvalidFileError(str(e).replace(str(path), str(ref))) from None
 
 
 def read_remote_header(ref: str | HfRef) -> SafetensorsHeader:
     """Read and validate a Hub safetensors file's header with HTTP range requests (the file is not downloaded)."""
-    from huggingface_hub.utils import build_hf_headers
-
-    hf_ref = ref if isinstance(ref, HfRef) else parse_hf_ref(ref)
-    label = str(hf_ref)
-    if is_offline():  # from the cache, if the file is there
-        try:
-            path = _cached(hf_ref)
-        except Exception as e:  # noqa: BLE001
-            _raise_hub_error(e, hf_ref)
-        return dataclasses.replace(read_header(path), source=label)
-    try:
-        meta = _file_metadata(hf_ref)
-        size = meta.size
-        url = meta.location
-        headers = build_hf_headers(library_name="learngene_tools", library_version=__version__)
-        if urlsplit(url).netloc != urlsplit(hub_endpoint()).netloc:
-            headers.pop("authorization", None)  # a signed CDN url: the token stays on the Hub
-        elif meta.commit_hash:  # read the very commit the HEAD answered for, even if the branch moves meanwhile
-            from huggingface_hub import hf_hub_url
-
-            url = hf_hub_url(hf_ref.repo_id, hf_ref.filename, revision=meta.commit_hash, endpoint=hub_endpoint())
-        if size is None:
-            raise LgtError(f"{label}: the Hub did not say the file's size; use `lgt pull` to download it instead")
-        first = _range_get(url, 0, min(size, _HEADER_PREFETCH) - 1, headers) if size > 0 else b""
-        n = header_length(first[:8], size, label)
-        raw = first[8 : 8 + n]
-        if len(raw) < n:
-            raw += _range_get(url, 8 + len(raw), 8 + n - 1, headers)
-    except LgtError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        _raise_hub_error(e, hf_ref)
-    if len(raw) != n:
-        raise LgtError(f"{label}: the Hub sent {len(raw)} header bytes, expected {n}; try again")
-    return parse_header(raw, size, label)
+    hf_ref = _as_ref(ref)
+    with _hub_call(hf_ref):
+        if is_offline():
+            return _local_header(_cached(hf_ref), hf_ref)
+        meta, cached = _metadata_or_cached(hf_ref)
+        if cached is not None:
+            return _local_header(cached, hf_ref)
+        raw, size = _remote_header_bytes(hf_ref, meta)
+    return parse_header(raw, size, str(hf_ref))
 
 
 # --- push and model card ----------------------------------------------------------------------
@@ -521,10 +865,6 @@ def ancestry_hub_id(provenance: dict[str, Any]) -> str | None:
         if len(parts) == 2 and all(_NAME.match(p) for p in parts) and not v.lower().endswith(_FILE_SUFFIXES):
             return v
     return None
-
-
-def _yaml_str(s: str) -> str:
-    return s if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_./-]*", s) else json.dumps(s)
 
 
 def _provenance_lines(prov: dict[str, Any]) -> list[str]:
@@ -565,15 +905,12 @@ def model_card(
     revision: str | None = None, license: str | None = None,
 ) -> str:
     """The README.md for a bundle's repo: YAML front matter, the layers, provenance and the `lgt` commands."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     b = bundle if isinstance(bundle, Bundle) else read_bundle_header(bundle, verify=False)
     prov = b.provenance
-    base = ancestry_hub_id(prov)
-    front = ["---", "library_name: learngene_tools", "tags:"] + [f"- {t}" for t in CARD_TAGS]
-    if base:
-        front.append(f"base_model: {_yaml_str(base)}")
-    if license:
-        front.append(f"license: {_yaml_str(license)}")
-    front.append("---")
+    data = ModelCardData(library_name="learngene_tools", tags=list(CARD_TAGS), base_model=ancestry_hub_id(prov),
+                         license=license)
     ref = str(HfRef(repo_id, filename, revision))
     pull_cmd = f"lgt pull {repo_id}" + (f" --filename {filename}" if filename != DEFAULT_FILENAME else "") + (
         f" --revision {revision}" if revision else ""
@@ -633,7 +970,7 @@ def model_card(
         "name is byte-identical to the target's. Then train it as usual.",
         "",
     ]
-    return "\n".join(front + body)
+    return str(ModelCard("\n".join(["---", data.to_yaml(), "---", *body])))
 
 
 def push(
@@ -642,43 +979,42 @@ def push(
     overwrite_card: bool = False, commit_message: str | None = None, progress: bool | None = None,
 ) -> PushResult:
     """Upload a bundle and its model card to `repo_id` (created if needed); an existing card is kept unless asked."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-
     path = Path(bundle_path)
     if not path.is_file():
-        raise LgtError(f"{path}: no such file; give the bundle to push (made by `lgt select` or `lgt extract`)")
+        raise NotFoundError(f"{path}: no such file; give the bundle to push (made by `lgt select` or `lgt extract`)")
     bundle = read_bundle_header(path, verify=True)  # refuse a file that is not a valid bundle before any upload
-    repo_id = _check_repo_id(repo_id.strip("/"), repo_id)
-    filename = _check_filename(filename or path.name, filename or path.name)
+    ref = HfRef(repo_id.strip("/"), filename or path.name, revision)
     if is_offline():
-        raise LgtError("HF_HUB_OFFLINE is set: pushing needs the network; unset HF_HUB_OFFLINE")
+        raise HubConnectionError("HF_HUB_OFFLINE is set: pushing needs the network; unset HF_HUB_OFFLINE")
     if _token() is None:
-        raise LgtError("pushing needs a Hugging Face token with write access: set HF_TOKEN or run `hf auth login`")
+        raise HubAuthError("pushing needs a Hugging Face token with write access: set HF_TOKEN or run `hf auth login`")
+    with _progress_bars(progress), _hub_call(ref, write=True):
+        return _push(path, bundle, ref, private=private, create_pr=create_pr, license=license,
+                     overwrite_card=overwrite_card, commit_message=commit_message)
+
+
+def _push(path: Path, bundle: Bundle, ref: HfRef, *, private: bool, create_pr: bool, license: str | None,
+          overwrite_card: bool, commit_message: str | None) -> PushResult:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
     api = HfApi(endpoint=hub_endpoint(), library_name="learngene_tools", library_version=__version__)
-    ref = HfRef(repo_id, filename, revision)
-    with _progress_bars(progress), _quiet_hub_logs():
-        try:
-            created = not api.repo_exists(repo_id)
-            if created:
-                api.create_repo(repo_id, private=private, exist_ok=True)
-            if revision and not create_pr:
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            head = api.repo_info(repo_id, revision=revision).sha
-            has_card = api.file_exists(repo_id, CARD_FILENAME, revision=revision)
-            ops = [CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(path))]
-            card = "kept"
-            if overwrite_card or not has_card:
-                text = model_card(bundle, repo_id, filename, revision=revision, license=license)
-                ops.append(CommitOperationAdd(path_in_repo=CARD_FILENAME, path_or_fileobj=text.encode()))
-                card = "written"
-            info = api.create_commit(
-                repo_id, operations=ops, revision=revision, create_pr=create_pr,
-                commit_message=commit_message or f"Upload learngene bundle {filename} with lgt",
-            )
-        except LgtError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            _raise_hub_error(e, ref, write=True)
+    repo_id, filename, revision = ref.repo_id, ref.filename, ref.revision
+    created = not api.repo_exists(repo_id)
+    if created:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision and not create_pr:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    head = api.repo_info(repo_id, revision=revision).sha
+    ops = [CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(path))]
+    card = "kept"
+    if overwrite_card or not api.file_exists(repo_id, CARD_FILENAME, revision=revision):
+        text = model_card(bundle, repo_id, filename, revision=revision, license=license)
+        ops.append(CommitOperationAdd(path_in_repo=CARD_FILENAME, path_or_fileobj=text.encode()))
+        card = "written"
+    info = api.create_commit(
+        repo_id, operations=ops, revision=revision, create_pr=create_pr,
+        commit_message=commit_message or f"Upload learngene bundle {filename} with lgt",
+    )
     return PushResult(
         repo_id=repo_id, filename=filename, revision=revision or "main", commit=info.oid,
         commit_url=info.commit_url, pr_url=getattr(info, "pr_url", None), card=card, repo_created=created,

@@ -247,6 +247,12 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Error-Code"] = e.code
         self._send(e.status, json.dumps({"error": e.message}).encode(), headers)
 
+    @property
+    def _base_url(self) -> str:
+        """The URL the client used (behind a proxy, the proxy's), as the Hub answers with its public address."""
+        host = self.headers.get("Host")
+        return f"http://{host}" if host else self.fake.url
+
     def _body(self) -> bytes:
         return self._raw_body
 
@@ -389,7 +395,7 @@ class _Handler(BaseHTTPRequestHandler):
             if repo_id in self.fake.repos:
                 raise HubError(409, "You already created this model repo")
             self.fake.create_repo(repo_id, private=private)
-        self._json({"url": f"{self.fake.url}/{repo_id}", "name": repo_id})
+        self._json({"url": f"{self._base_url}/{repo_id}", "name": repo_id})
 
     def _create_branch(self, repo_id: str, branch: str, user: str | None) -> None:
         payload = json.loads(self._body() or b"{}")
@@ -440,7 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
                 repo.next_pr += 1
                 branch = f"refs/pr/{num}"
                 repo.refs[branch] = base
-                pr_url = f"{self.fake.url}/{repo_id}/discussions/{num}"
+                pr_url = f"{self._base_url}/{repo_id}/discussions/{num}"
             oid = self.fake._commit(repo, branch, added, header.get("summary", ""), base=base, deleted=tuple(deleted))
-        self._json({"success": True, "commitOid": oid, "commitUrl": f"{self.fake.url}/{repo_id}/commit/{oid}",
+        self._json({"success": True, "commitOid": oid, "commitUrl": f"{self._base_url}/{repo_id}/commit/{oid}",
                     "pullRequestUrl": pr_url, "hookOutput": ""})

@@ -14,84 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_lgt
-from fakehub import FakeHub
+
+pytest.register_assert_rewrite("hubenv")
+from hubenv import ALICE, BOB, one_error_line, repo_with_bundle
 
 from learngene_tools import describe, hub, resolve
 from learngene_tools.errors import LgtError
 from learngene_tools.extraction.bundle import Bundle, describe_bundle, read_bundle_header
 
-ALICE = "hf_alice_token"  # owns alice/*
-BOB = "hf_bob_token"
-
-
-@pytest.fixture
-def fake_hub():
-    """A fresh fake Hub with users alice and bob (tokens ALICE, BOB)."""
-    server = FakeHub().start()
-    server.add_user("alice", ALICE)
-    server.add_user("bob", BOB)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def hub_env(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Point huggingface_hub at the fake Hub, with a cache of this test's own, in-process and in `lgt` subprocesses.
-
-    How it works: learngene_tools.hub reads HF_ENDPOINT, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE and
-    HF_TOKEN when it is called, and hands them to huggingface_hub explicitly (endpoint=, cache_dir=,
-    local_files_only=; the token through huggingface_hub.get_token, which reads HF_TOKEN per call).
-    So in-process tests only set environment variables (monkeypatch.setenv), and `run_lgt`
-    subprocesses inherit them, where huggingface_hub also reads them at import.
-    huggingface_hub also keeps import-time copies in `huggingface_hub.constants`; three are patched
-    here (monkeypatch restores them): ENDPOINT and the URL template derived from it (huggingface_hub
-    0.x/1.x parse the commit URL a push returns against ENDPOINT, not against the `endpoint=` given;
-    0.x has a second copy of the template in file_download), and the
-    stored-login path HF_TOKEN_PATH, sent to the test's folder so that a developer's own token is
-    never sent to the fake Hub. HF_HUB_DISABLE_XET=1 because the fake has no Xet endpoint.
-    """
-    import huggingface_hub.constants as hf_constants
-
-    home = tmp_path / "hf_home"
-    env = {
-        "HF_ENDPOINT": fake_hub.url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-        "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(k, raising=False)
-    import huggingface_hub.file_download as hf_file_download
-
-    monkeypatch.setattr(hf_constants, "ENDPOINT", fake_hub.url)
-    template = fake_hub.url + "/{repo_id}/resolve/{revision}/{filename}"
-    for module in (hf_constants, hf_file_download):  # 0.x keeps a second copy of the template
-        if hasattr(module, "HUGGINGFACE_CO_URL_TEMPLATE"):
-            monkeypatch.setattr(module, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(home / "token"), raising=False)
-    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"), raising=False)
-    return env
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    """An empty working directory for CLI runs (checked to stay empty after a failure)."""
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
-
-
-def _repo_with_bundle(fake_hub: FakeHub, repo_id: str, data: bytes, **kwargs) -> str:
-    fake_hub.create_repo(repo_id, **kwargs)
-    return fake_hub.commit(repo_id, {"learngene.safetensors": data}, message="add bundle")
-
-
-def _one_error_line(proc) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    return lines[0]
+pytest_plugins = ["hubenv"]  # fake_hub, hub_env, work
 
 
 # --- references ---------------------------------------------------------------------------------
@@ -116,7 +47,7 @@ def test_fake_hub_answers_huggingface_hub_itself(fake_hub, hub_env):
     """The fake serves what huggingface_hub's own API calls expect (info, revision info, tree, exists)."""
     from huggingface_hub import HfApi
 
-    c1 = _repo_with_bundle(fake_hub, "alice/lg", b"x" * 100)
+    c1 = repo_with_bundle(fake_hub, "alice/lg", b"x" * 100)
     fake_hub.tag("alice/lg", "v1")
     api = HfApi(endpoint=fake_hub.url)
     assert api.model_info("alice/lg").sha == c1
@@ -131,7 +62,7 @@ def test_fake_hub_answers_huggingface_hub_itself(fake_hub, hub_env):
 
 def test_pull_by_branch_tag_and_commit(fake_hub, hub_env, bundle_tiny, bundle_small):
     old, new = bundle_tiny.read_bytes(), bundle_small.read_bytes()
-    c1 = _repo_with_bundle(fake_hub, "alice/lg", old)
+    c1 = repo_with_bundle(fake_hub, "alice/lg", old)
     fake_hub.tag("alice/lg", "v1")
     c2 = fake_hub.commit("alice/lg", {"learngene.safetensors": new}, message="bigger learngene")
     latest = hub.pull("alice/lg")
@@ -145,7 +76,7 @@ def test_pull_by_branch_tag_and_commit(fake_hub, hub_env, bundle_tiny, bundle_sm
 
 
 def test_second_pull_downloads_nothing(fake_hub, hub_env, bundle_small):
-    _repo_with_bundle(fake_hub, "alice/lg", bundle_small.read_bytes())
+    repo_with_bundle(fake_hub, "alice/lg", bundle_small.read_bytes())
     first = hub.pull("alice/lg")
     assert fake_hub.file_gets[("alice/lg", "learngene.safetensors")] == 1
     fake_hub.reset_counters()
@@ -157,10 +88,11 @@ def test_second_pull_downloads_nothing(fake_hub, hub_env, bundle_small):
 
 def test_offline_mode_uses_the_cache(fake_hub, hub_env, bundle_small, monkeypatch, work):
     data = bundle_small.read_bytes()
-    _repo_with_bundle(fake_hub, "alice/lg", data)
+    repo_with_bundle(fake_hub, "alice/lg", data)
     cached = hub.pull("alice/lg")
     fake_hub.stop()  # no Hub at all from here on
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # for `lgt`; in this process, huggingface_hub's import-time copy
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert hub.pull("alice/lg") == cached
     assert hub.read_remote_header("hf://alice/lg/learngene.safetensors").tensors.keys() == \
         read_bundle_header(bundle_small, verify=False).header.tensors.keys()
@@ -168,7 +100,7 @@ def test_offline_mode_uses_the_cache(fake_hub, hub_env, bundle_small, monkeypatc
     assert proc.returncode == 0 and proc.stdout.strip() == str(cached)
     proc = run_lgt("inspect", "hf://alice/lg/learngene.safetensors", cwd=work)
     assert proc.returncode == 0 and "learngene bundle" in proc.stdout
-    line = _one_error_line(run_lgt("pull", "alice/other", cwd=work))
+    line = one_error_line(run_lgt("pull", "alice/other", cwd=work))
     assert "not in the local cache" in line and "HF_HUB_OFFLINE" in line
     assert list(work.iterdir()) == []
 
@@ -178,7 +110,7 @@ def test_offline_mode_uses_the_cache(fake_hub, hub_env, bundle_small, monkeypatc
 
 def test_inspect_reads_the_header_only(fake_hub, hub_env, bundle_small, work):
     data = bundle_small.read_bytes()
-    _repo_with_bundle(fake_hub, "alice/lg", data)
+    repo_with_bundle(fake_hub, "alice/lg", data)
     key = ("alice/lg", "learngene.safetensors")
     header = hub.read_remote_header("hf://alice/lg/learngene.safetensors")
     local = read_bundle_header(bundle_small, verify=False).header
@@ -203,7 +135,7 @@ def test_inspect_reads_the_header_only(fake_hub, hub_env, bundle_small, work):
 
 def test_inspect_verify_downloads_and_rehashes(fake_hub, hub_env, bundle_small):
     data = bundle_small.read_bytes()
-    _repo_with_bundle(fake_hub, "alice/lg", data)
+    repo_with_bundle(fake_hub, "alice/lg", data)
     summary = describe("hf://alice/lg/learngene.safetensors", verify=True)
     assert summary["hash_verified"] is True and summary["file"] == "hf://alice/lg/learngene.safetensors"
     assert fake_hub.bytes_served[("alice/lg", "learngene.safetensors")] == len(data)
@@ -241,7 +173,7 @@ def test_push_then_pull_is_byte_identical(fake_hub, hub_env, bundle_small, work,
     assert pulled["commit"] == repo.refs["main"]
 
     monkeypatch.delenv("HF_TOKEN")  # private: without the token the repo is not there
-    line = _one_error_line(run_lgt("pull", "alice/lg-small", "--revision", "main", "--filename", "other.safetensors", cwd=work))
+    line = one_error_line(run_lgt("pull", "alice/lg-small", "--revision", "main", "--filename", "other.safetensors", cwd=work))
     assert "repository not found" in line and "HF_TOKEN" in line
 
 
@@ -316,7 +248,7 @@ def test_transplant_from_hub_references(fake_hub, hub_env, bundle_tiny, tmp_path
 
     target = tmp_path / "tiny_vgg.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_vgg().state_dict().items()}, str(target))
-    _repo_with_bundle(fake_hub, "alice/lg", bundle_tiny.read_bytes())
+    repo_with_bundle(fake_hub, "alice/lg", bundle_tiny.read_bytes())
     fake_hub.tag("alice/lg", "v1")
     fake_hub.commit("alice/lg", {"learngene.safetensors": b"not what v1 points at"})
     fake_hub.create_repo("alice/targets")
@@ -362,25 +294,25 @@ ERROR_CASES = {
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_errors_are_one_actionable_line(case, fake_hub, hub_env, bundle_tiny, aux_tiny_file, work, monkeypatch):
-    _repo_with_bundle(fake_hub, "alice/lg", bundle_tiny.read_bytes())
+    repo_with_bundle(fake_hub, "alice/lg", bundle_tiny.read_bytes())
     fake_hub.commit("alice/lg", {"aux.safetensors": aux_tiny_file.read_bytes(), "notes.safetensors": b"just text, no header"})
-    _repo_with_bundle(fake_hub, "alice/secret", bundle_tiny.read_bytes(), private=True)
-    _repo_with_bundle(fake_hub, "carol/gated", bundle_tiny.read_bytes(), gated=True)
-    _repo_with_bundle(fake_hub, "carol/public", bundle_tiny.read_bytes())
+    repo_with_bundle(fake_hub, "alice/secret", bundle_tiny.read_bytes(), private=True)
+    repo_with_bundle(fake_hub, "carol/gated", bundle_tiny.read_bytes(), gated=True)
+    repo_with_bundle(fake_hub, "carol/public", bundle_tiny.read_bytes())
     if case == "no network":
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     if case in ("gated, token not granted", "push to someone else's repo"):
         monkeypatch.setenv("HF_TOKEN", BOB)
     args, expected = ERROR_CASES[case]
     args = [a.format(bundle=bundle_tiny, aux=aux_tiny_file) for a in args]
-    line = _one_error_line(run_lgt(*args, cwd=work))
+    line = one_error_line(run_lgt(*args, cwd=work))
     assert expected in line, line
     assert list(work.iterdir()) == []  # nothing partial in the working directory
     assert not list(Path(hub_env["HF_HUB_CACHE"]).rglob("*.incomplete"))
 
 
 def test_library_errors_are_lgt_errors(fake_hub, hub_env, bundle_tiny):
-    _repo_with_bundle(fake_hub, "alice/lg", bundle_tiny.read_bytes())
+    repo_with_bundle(fake_hub, "alice/lg", bundle_tiny.read_bytes())
     with pytest.raises(LgtError, match="it has learngene.safetensors"):
         hub.pull("alice/lg", filename="missing.safetensors")
     with pytest.raises(LgtError, match="not a Hub repo id"):
