@@ -23,7 +23,7 @@ import importlib.abc
 import importlib.util
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     # steps of the pipeline, taking references (path, lgt:NAME, hf://...) wherever they take a file

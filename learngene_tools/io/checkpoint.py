@@ -350,7 +350,7 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     """Open a checkpoint file or save_pretrained folder: safetensors headers only (tensors load on demand),
     pickles whole (mmap)."""
     path = Path(path)
-    if path.is_dir():
+    if os.path.isdir(path):  # (never raises, unlike Path.is_dir on a name too long)
         return load_folder(path, trust_pickle)
     _check_file(path)
     fmt = sniff_format(path)
