@@ -78,7 +78,7 @@ def parse_args() -> argparse.Namespace:
 def end_to_end(settings: Any, work: Path, args: argparse.Namespace) -> float:
     """`lgt extract` images/s over its metrics windows after the first (which includes warm-up)."""
     from learngene_tools.distillation.config import RunOptions
-    from learngene_tools.extraction.selection import SelectionSettings
+    from learngene_tools.extraction.config import SelectionSettings
     from learngene_tools.pipeline import extract
 
     records: list[dict[str, Any]] = []
@@ -105,7 +105,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         teacher_features,
         use_bf16,
     )
-    from learngene_tools.extraction.auxiliary import VARIANTS
+    from learngene_tools.extraction.config import VARIANTS
 
     ctx = DistContext.from_env("cpu" if args.cpu_smoke else "cuda")
     dev = ctx.device

@@ -31,10 +31,10 @@ _LAZY = {
     "plan_transplant": "api", "apply_plan": "api", "transplant": "api", "evaluate": "api",
     "pull": "hub", "push": "hub",
     # settings
-    "AuxConfig": "extraction.auxiliary", "LossSettings": "distillation.loss",
+    "AuxConfig": "extraction.config", "LossSettings": "distillation.config",
     "DistillSettings": "distillation.config", "RunOptions": "distillation.config",
-    "SelectionSettings": "extraction.selection", "TransplantSettings": "transplantation.planner",
-    "EvaluationSettings": "evaluation.settings", "Arm": "evaluation.settings",
+    "SelectionSettings": "extraction.config", "TransplantSettings": "transplantation.config",
+    "EvaluationSettings": "evaluation.config", "Arm": "evaluation.config",
     # results and file types
     "Bundle": "extraction.bundle", "LayerRecord": "extraction.bundle",
     "TransplantPlan": "transplantation.planner", "Assignment": "transplantation.planner",

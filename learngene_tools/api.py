@@ -79,7 +79,8 @@ def _describe_local(path: Path, verify: bool | None, arch: str | None, trust_pic
 def select(aux: Ref, out: str | Path, settings: Any = None, *, force: bool = False, trust_pickle: bool = False) -> Any:
     """Select the learngene of a trained auxiliary model into a bundle at `out`; returns the bundle's header."""
     from learngene_tools.extraction.bundle import read_bundle_header
-    from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+    from learngene_tools.extraction.config import SelectionSettings
+    from learngene_tools.extraction.selection import select_from_file
     from learngene_tools.io.files import check_output
 
     path = resolve(aux)
@@ -99,7 +100,7 @@ def distill(settings: Any, options: Any) -> dict[str, Any]:
 
 def extract(settings: Any, options: Any, out: str | Path, selection: Any = None) -> dict[str, Any]:
     """Distil, then select the learngene into a bundle at `out` (distill + select); returns a summary."""
-    from learngene_tools.extraction.selection import SelectionSettings
+    from learngene_tools.extraction.config import SelectionSettings
     from learngene_tools.pipeline import extract as run
 
     return run(settings, _resolved_options(options), Path(out), selection or SelectionSettings())
@@ -116,7 +117,7 @@ def plan_transplant(bundle: Ref, target: Ref, settings: Any = None, **overrides:
 
     `overrides` are `TransplantSettings` fields (`arch=`, `seed=`, `transfer_bn=`, `input_size=`, `trust_pickle=`).
     """
-    from learngene_tools.transplantation.planner import TransplantSettings
+    from learngene_tools.transplantation.config import TransplantSettings
     from learngene_tools.transplantation.planner import plan_transplant as plan
 
     s = replace(settings or TransplantSettings(), **overrides)
@@ -145,12 +146,12 @@ def evaluate(bundle: Ref | None, settings: Any = None, *, arms: list[Any] | None
     """Fine-tune a descendant from scratch and from the learngene over seeds and data fractions; returns the record.
 
     `overrides` are `EvaluationSettings` fields (`arch=`, `data=`, `seeds=`, `fractions=`, `epochs=`, `bn=`, ...).
-    `arms` (a list of `learngene_tools.evaluation.settings.Arm`) replaces the default comparison (scratch, CLKG per
+    `arms` (a list of `learngene_tools.evaluation.config.Arm`) replaces the default comparison (scratch, CLKG per
     `bn` mode, KD with a `teacher`); their bundles may be references too. With `out_dir`, writes NAME.json (the
     record), NAME.md (the tables) and NAME.png (validation accuracy per epoch) there.
     """
     from learngene_tools.evaluation.evaluate import evaluate as run
-    from learngene_tools.evaluation.settings import EvaluationSettings
+    from learngene_tools.evaluation.config import EvaluationSettings
 
     s = replace(settings or EvaluationSettings(), **overrides)
     path = resolve(bundle, expect_bundle=True) if bundle is not None else None

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learngene_tools.distillation.config import DistillSettings, RunOptions
-from learngene_tools.evaluation.settings import EvaluationSettings
-from learngene_tools.extraction.selection import SelectionSettings
+from learngene_tools.evaluation.config import EvaluationSettings
+from learngene_tools.extraction.config import SelectionSettings
 from learngene_tools.settings import setting
-from learngene_tools.transplantation.planner import TransplantSettings
+from learngene_tools.transplantation.config import TransplantSettings
 
 REF_HELP = "a path, lgt:NAME (a shipped bundle) or hf://OWNER/REPO/FILE[@REVISION]"
 

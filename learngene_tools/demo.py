@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from learngene_tools.extraction.aux_checkpoint import save_aux
-from learngene_tools.extraction.auxiliary import VARIANTS, create_aux
+from learngene_tools.extraction.auxiliary import create_aux
 from learngene_tools.extraction.bundle import describe_bundle
-from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+from learngene_tools.extraction.config import VARIANTS, SelectionSettings
+from learngene_tools.extraction.selection import select_from_file
 from learngene_tools.io.files import check_output
 from learngene_tools.specs import build_model
 from learngene_tools.transplantation.apply import transplant

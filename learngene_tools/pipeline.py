@@ -8,7 +8,8 @@ from typing import Any
 from learngene_tools.distillation.config import DistillSettings, RunOptions
 from learngene_tools.distillation.distributed import DistContext
 from learngene_tools.distillation.loop import distill
-from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+from learngene_tools.extraction.config import SelectionSettings
+from learngene_tools.extraction.selection import select_from_file
 
 
 def extract(settings: DistillSettings, opts: RunOptions, out: Path, selection: SelectionSettings) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def describe_run(settings: DistillSettings, opts: RunOptions, out: Path | None =
     import torch
 
     from learngene_tools.distillation.teacher import taps_from_feature_info, trace_taps
-    from learngene_tools.extraction.auxiliary import VARIANTS
+    from learngene_tools.extraction.config import VARIANTS
     from learngene_tools.specs import build_model
     from learngene_tools.tracing import on_meta
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from learngene_tools.extraction.aux_checkpoint import save_aux
-from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig, create_aux
-from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+from learngene_tools.extraction.auxiliary import create_aux
+from learngene_tools.extraction.config import VARIANTS, AuxConfig, SelectionSettings
+from learngene_tools.extraction.selection import select_from_file
 
 
 def make_aux(config: AuxConfig, seed: int = 0) -> torch.nn.Module:

@@ -55,7 +55,8 @@ def test_header_read_needs_no_torch(bundle_tiny):
 
 
 def test_bundle_bytes_are_deterministic(aux_tiny_file, tmp_path):
-    from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+    from learngene_tools.extraction.config import SelectionSettings
+    from learngene_tools.extraction.selection import select_from_file
 
     select_from_file(aux_tiny_file, tmp_path / "a.safetensors", SelectionSettings())
     select_from_file(aux_tiny_file, tmp_path / "b.safetensors", SelectionSettings())

@@ -285,7 +285,8 @@ def test_transplant_refuses_a_nan_bundle_and_writes_nothing(bundle_tiny: Path, t
 def test_writing_a_bundle_from_a_diverged_model_is_refused(aux_tiny_file: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+    from learngene_tools.extraction.config import SelectionSettings
+    from learngene_tools.extraction.selection import select_from_file
 
     state = load_file(str(aux_tiny_file))
     state["stages.0.0.conv.weight"][0, 0, 0, 0] = math.inf

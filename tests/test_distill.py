@@ -14,15 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learngene_tools.distillation.config import DistillSettings, RunOptions, lr_at
+from learngene_tools.distillation.config import DistillSettings, LossSettings, RunOptions, lr_at
 from learngene_tools.distillation.data import ImageFolder, StepSampler, SyntheticImages
 from learngene_tools.distillation.loop import AUX_FILE, METRICS_FILE, STATE_FILE, Student, distill
-from learngene_tools.distillation.loss import DistillLoss, LossSettings, whiten
+from learngene_tools.distillation.loss import DistillLoss, whiten
 from learngene_tools.distillation.teacher import build_teacher, trace_taps
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.auxiliary import VARIANTS, create_aux
+from learngene_tools.extraction.auxiliary import create_aux
 from learngene_tools.extraction.bundle import read_bundle
-from learngene_tools.extraction.selection import SelectionSettings
+from learngene_tools.extraction.config import VARIANTS, SelectionSettings
 from learngene_tools.pipeline import extract
 
 TESTS = Path(__file__).parent

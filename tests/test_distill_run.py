@@ -31,8 +31,8 @@ from learngene_tools.distillation.loop import (
 from learngene_tools.distillation.state import SavedState, load_state, restart_metrics, save_state
 from learngene_tools.distillation.teacher import Teacher, build_teacher
 from learngene_tools.errors import InvalidFileError, LgtError, SettingsError
-from learngene_tools.extraction.auxiliary import VARIANTS
-from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+from learngene_tools.extraction.config import VARIANTS, SelectionSettings
+from learngene_tools.extraction.selection import select_from_file
 from learngene_tools.pipeline import extract
 
 TESTS = Path(__file__).parent

@@ -187,7 +187,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(specials: dict[str, Path], t
 
 def test_disk_full_while_writing_a_bundle_removes_the_temporary_file(aux_tiny_file: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from learngene_tools.extraction.selection import SelectionSettings, select_from_file
+    from learngene_tools.extraction.config import SelectionSettings
+    from learngene_tools.extraction.selection import select_from_file
 
     def full(self: Path, data: bytes) -> int:
         with open(self, "wb") as f:

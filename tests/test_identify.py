@@ -126,7 +126,7 @@ def test_arch_on_safetensors_places_in_execution_order(bundle_small: Path, files
 
 
 def _settings(**kw):
-    from learngene_tools.transplantation.planner import TransplantSettings
+    from learngene_tools.transplantation.config import TransplantSettings
 
     return TransplantSettings(**kw)
 

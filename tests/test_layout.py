@@ -19,12 +19,14 @@ LAYERS: dict[str, int] = {
     "errors": 0, "settings": 0,
     # 1: files, model specs, model-independent helpers
     "io": 1, "specs": 1, "descendants": 1, "tracing": 1, "keysets": 1,
+    # the parts' settings (standard library only: the CLI builds its options from them without torch)
+    "extraction.config": 1, "distillation.config": 1, "transplantation.config": 1, "evaluation.config": 1,
     # 2: the models and file formats of the parts
     "extraction.auxiliary": 2, "extraction.bundle": 2,
     "distillation.replknet": 2, "distillation.loss": 2, "distillation.data": 2, "arch_index": 2,
     # 3: what reads and writes them, and the parts' own building blocks
     "extraction.aux_checkpoint": 3, "distillation.ancestry": 3, "distillation.teacher": 3,
-    "distillation.config": 3, "distillation.distributed": 3, "distillation.state": 3, "identify": 3,
+    "distillation.distributed": 3, "distillation.state": 3, "identify": 3,
     "transplantation.adapt": 3, "transplantation.convs": 3, "transplantation.identify": 3,
     # 4: the parts' steps
     "distillation": 4, "extraction": 4, "transplantation": 4, "evaluation": 7,
@@ -93,6 +95,17 @@ def test_no_module_imports_one_above_its_layer(module: str):
     mine = _layer(module)
     above = sorted(m for m in _imports(_modules()[module], module) if _is_placed(m) and _layer(m) > mine)
     assert not above, f"{module} (layer {mine}) imports {[(m, _layer(m)) for m in above]}"
+
+
+def test_settings_and_the_command_line_load_without_torch():
+    """`lgt pull`, `lgt inspect`, `-h`: building the CLI costs no torch/timm import (seconds per call)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, learngene_tools.cli.app, learngene_tools.commands, learngene_tools.recipes; "
+            "heavy = sorted(m for m in ('torch', 'timm', 'huggingface_hub', 'numpy') if m in sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_parts_are_packages():

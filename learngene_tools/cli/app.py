@@ -104,7 +104,7 @@ def select(inputs: Inputs) -> None:
     """Select a learngene from a trained auxiliary model and write it as a bundle."""
     from learngene_tools import api
     from learngene_tools.extraction.bundle import describe_bundle
-    from learngene_tools.extraction.selection import SelectionSettings
+    from learngene_tools.extraction.config import SelectionSettings
 
     cmd: SelectCommand = inputs[SelectCommand]
     with _status(inputs, f"selecting learngene from {cmd.aux}"):
@@ -124,7 +124,7 @@ def transplant(inputs: Inputs) -> None:
     """Initialise a target checkpoint's convs from a learngene bundle."""
     from learngene_tools import api
     from learngene_tools.refs import resolve_target
-    from learngene_tools.transplantation.planner import TransplantSettings
+    from learngene_tools.transplantation.config import TransplantSettings
     from learngene_tools.transplantation.target import default_output
 
     cmd: TransplantCommand = inputs[TransplantCommand]
@@ -334,7 +334,7 @@ def extract(inputs: Inputs) -> None:
     """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
     from learngene_tools import api
     from learngene_tools.extraction.bundle import describe_bundle
-    from learngene_tools.extraction.selection import SelectionSettings
+    from learngene_tools.extraction.config import SelectionSettings
 
     cmd: ExtractCommand = inputs[ExtractCommand]
     settings, opts, identified = _distill_args(inputs, cmd.synthetic)
@@ -362,7 +362,7 @@ def evaluate(inputs: Inputs) -> None:
 
     from learngene_tools import api
     from learngene_tools.evaluation.progress import progress_printer
-    from learngene_tools.evaluation.settings import EvaluationSettings
+    from learngene_tools.evaluation.config import EvaluationSettings
 
     cmd: EvaluateCommand = inputs[EvaluateCommand]
     progress = None if (inputs.quiet or inputs.as_json) else progress_printer(err, plain=inputs.verbose)

@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from learngene_tools.distillation.loss import LossSettings
 from learngene_tools.errors import SettingsError
-from learngene_tools.extraction.auxiliary import VARIANTS, AuxConfig
+from learngene_tools.extraction.config import VARIANTS, AuxConfig
 from learngene_tools.settings import setting, to_json
 
 PRECISIONS = ("auto", "bf16", "fp32")
+LOSS_KINDS = ("smoothl1", "l2", "paper")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Which distance, its SmoothL1 beta, and the weight of each of the three stages."""
+
+    kind: str = setting("smoothl1", "smoothl1 (reference, beta 2), l2, or paper (Eq. 2 literally).", name="loss",
+                        choices=LOSS_KINDS)
+    alphas: tuple[float, float, float] = setting((1.0, 1.0, 1.0), "Stage weights alpha_1..3; 0,0,1 = last stage "
+                                                                  "only, 1,0,1 = first + last.")
+    beta: float = setting(2.0, "SmoothL1 beta.")
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise SettingsError(f"--loss must be one of {', '.join(LOSS_KINDS)} (got {self.kind!r})")
+        if len(self.alphas) != 3 or any(a < 0 for a in self.alphas) or not any(a > 0 for a in self.alphas):
+            raise SettingsError(f"--alphas takes 3 non-negative stage weights, at least one > 0 (got {list(self.alphas)})")
+        if not self.beta > 0:
+            raise SettingsError(f"--beta must be > 0 (got {self.beta})")
+
+    def describe(self) -> dict:
+        """The settings plus which side is projected and which whitened (for the bundle's provenance)."""
+        sides = {"projected": "teacher", "whitened": "student"} if self.kind == "paper" else \
+            {"projected": "student", "whitened": "teacher"}
+        return {**asdict(self), **sides, "whitening": "layer norm over channels per pixel, no affine"}
 
 
 @dataclass(frozen=True)

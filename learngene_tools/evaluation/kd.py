@@ -42,7 +42,8 @@ class KDBaseline(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, input_size: tuple[int, int, int],
                  teacher_mean: tuple[float, ...], teacher_std: tuple[float, ...]) -> None:
-        from learngene_tools.distillation.loss import DistillLoss, LossSettings
+        from learngene_tools.distillation.config import LossSettings
+        from learngene_tools.distillation.loss import DistillLoss
         from learngene_tools.distillation.teacher import trace_taps
 
         super().__init__()

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from learngene_tools.extraction.auxiliary import AuxConfig, AuxNet, config_from_state_dict
+from learngene_tools.extraction.auxiliary import AuxNet, config_from_state_dict
+from learngene_tools.extraction.config import AuxConfig
 
 AUX_CONFIG_KEY = "lgt.aux_config"
 ANCESTRY_KEY = "lgt.ancestry"

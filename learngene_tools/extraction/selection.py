@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +19,9 @@ import torch
 from learngene_tools import __version__
 from learngene_tools.errors import SettingsError
 from learngene_tools.extraction.aux_checkpoint import load_aux
-from learngene_tools.extraction.auxiliary import AuxConfig
 from learngene_tools.extraction.bundle import BN_PARTS, LayerRecord, write_bundle
+from learngene_tools.extraction.config import AuxConfig, SelectionSettings
 from learngene_tools.io.files import file_sha256
-from learngene_tools.settings import setting
-
-
-@dataclass(frozen=True)
-class SelectionSettings:
-    """Which stages (1-based) give a run, and how long each run is (None: the whole stage)."""
-
-    stages: tuple[int, ...] = setting((1, 3), "Auxiliary stages that give a run (edge kernels: first and last).")
-    run_length: int | None = setting(None, "Layers per run (default: the whole stage).")
-
-    def __post_init__(self) -> None:
-        if not self.stages or any(s not in (1, 2, 3) for s in self.stages) or len(set(self.stages)) != len(self.stages):
-            raise SettingsError(f"--stages must be distinct values among 1, 2, 3 (got {list(self.stages)})")
-        if self.run_length is not None and self.run_length < 1:
-            raise SettingsError(f"--run-length must be at least 1 (got {self.run_length})")
 
 
 def _anchor(stage: int) -> str:

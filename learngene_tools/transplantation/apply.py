@@ -22,7 +22,8 @@ from learngene_tools.transplantation.adapt import (
     layer_generator,
     std_ratio,
 )
-from learngene_tools.transplantation.planner import TransplantPlan, TransplantSettings, plan_transplant
+from learngene_tools.transplantation.config import TransplantSettings
+from learngene_tools.transplantation.planner import TransplantPlan, plan_transplant
 from learngene_tools.transplantation.target import open_target
 
 TRANSPLANT_KEY = "learngene.transplant"

@@ -13,44 +13,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from learngene_tools.errors import ModelError, SettingsError
+from learngene_tools.errors import ModelError
 from learngene_tools.extraction.bundle import BN_PARTS, Bundle, LayerRecord, read_bundle_header
 from learngene_tools.io.checkpoint import Checkpoint
-from learngene_tools.settings import setting
 from learngene_tools.transplantation.adapt import keep_by_norm
+from learngene_tools.transplantation.config import TransplantSettings
 from learngene_tools.transplantation.convs import TargetConv, conv_kind
-
-GROUPED_CHOICES = ("skip", "project")
-
-
-@dataclass(frozen=True)
-class TransplantSettings:
-    """What decides a transplant's result besides the bundle and the target."""
-
-    arch: str | None = setting(None, "Model of the target (timm:NAME, torchvision:NAME or pkg.module:factory), "
-                                     "traced for exact strides and execution order.", metavar="SPEC")
-    seed: int = setting(0, "Seed for every random draw.")
-    transfer_bn: bool = setting(True, "Carry the learngene's BatchNorm with its conv.", name="bn")
-    rescale: bool = setting(False, "Rescale each transplanted kernel to the standard deviation of the target conv's "
-                                   "own weight (its fresh init), BN statistics scaled to match.")
-    input_size: tuple[int, ...] | None = setting(None, "Dummy input [C,]H,W for tracing the target's model "
-                                                       "(default: the model's own).", metavar="C,H,W")
-    trust_pickle: bool = setting(False, "Allow arbitrary pickled objects in the target (trusted files only).",
-                                 recipe=False)
-    grouped: str = setting("skip", "Grouped and depthwise convs: skip them, or project the learngene onto them "
-                                   "(the block-diagonal part of the dense kernel; a depthwise conv takes its diagonal).",
-                           choices=GROUPED_CHOICES)
-    require_traced: bool = setting(False, "Refuse to plan when the architecture is neither given (--arch) nor "
-                                          "identified, instead of estimating strides.")
-    drop_optimizer: bool = setting(False, "Leave the target's optimizer state out of the output (it no longer "
-                                          "matches the rewritten weights).")
-
-    def __post_init__(self) -> None:
-        if self.grouped not in GROUPED_CHOICES:
-            raise SettingsError(f"--grouped must be one of {', '.join(GROUPED_CHOICES)} (got {self.grouped!r})")
-        size = self.input_size
-        if size is not None and (len(size) not in (2, 3) or min(size[-2:]) < 8 or min(size) < 1):
-            raise SettingsError(f"--input-size takes H,W or C,H,W with H and W at least 8 (got {list(size)})")
 
 
 @dataclass(frozen=True)
