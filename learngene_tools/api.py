@@ -150,8 +150,8 @@ def evaluate(bundle: Ref | None, settings: Any = None, *, arms: list[Any] | None
     `bn` mode, KD with a `teacher`); their bundles may be references too. With `out_dir`, writes NAME.json (the
     record), NAME.md (the tables) and NAME.png (validation accuracy per epoch) there.
     """
-    from learngene_tools.evaluation.evaluate import evaluate as run
     from learngene_tools.evaluation.config import EvaluationSettings
+    from learngene_tools.evaluation.evaluate import evaluate as run
 
     s = replace(settings or EvaluationSettings(), **overrides)
     path = resolve(bundle, expect_bundle=True) if bundle is not None else None

@@ -21,9 +21,9 @@ import torch
 from rich.console import Console
 
 from learngene_tools import api
+from learngene_tools.evaluation.config import Arm, EvaluationSettings
 from learngene_tools.evaluation.progress import progress_printer
 from learngene_tools.evaluation.report import render
-from learngene_tools.evaluation.config import Arm, EvaluationSettings
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 SETTINGS = EvaluationSettings(

@@ -21,6 +21,7 @@ from torch import nn
 
 from learngene_tools import api
 from learngene_tools.errors import LgtError, ModelError, OutputError, SettingsError
+from learngene_tools.evaluation.config import Arm, EvaluationSettings, default_arms
 from learngene_tools.evaluation.data import (
     augment,
     carve,
@@ -39,7 +40,6 @@ from learngene_tools.evaluation.init import (
 )
 from learngene_tools.evaluation.report import epochs_to_reach, markdown, summarise
 from learngene_tools.evaluation.runner import Context, run_grid, run_one
-from learngene_tools.evaluation.config import Arm, EvaluationSettings, default_arms
 from learngene_tools.evaluation.train import Device, Schedule, fine_tune
 from learngene_tools.extraction.bundle import read_bundle
 

@@ -361,8 +361,8 @@ def evaluate(inputs: Inputs) -> None:
     import shlex
 
     from learngene_tools import api
-    from learngene_tools.evaluation.progress import progress_printer
     from learngene_tools.evaluation.config import EvaluationSettings
+    from learngene_tools.evaluation.progress import progress_printer
 
     cmd: EvaluateCommand = inputs[EvaluateCommand]
     progress = None if (inputs.quiet or inputs.as_json) else progress_printer(err, plain=inputs.verbose)

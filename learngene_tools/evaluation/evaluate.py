@@ -11,8 +11,8 @@ import torch
 
 from learngene_tools import __version__
 from learngene_tools.errors import OutputError, SettingsError
-from learngene_tools.evaluation.runner import Context, Progress, previous_runs, run_grid
 from learngene_tools.evaluation.config import Arm, EvaluationSettings, default_arms
+from learngene_tools.evaluation.runner import Context, Progress, previous_runs, run_grid
 
 OUTPUT_SUFFIXES = (".json", ".md", ".png")
 

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import torch
 
 from learngene_tools.errors import ModelError
-from learngene_tools.evaluation.data import TaskData, normalise, subset_for
 from learngene_tools.evaluation.config import Arm, EvaluationSettings
+from learngene_tools.evaluation.data import TaskData, normalise, subset_for
 from learngene_tools.evaluation.train import Device, Schedule, accuracy, fine_tune
 
 Progress = Callable[[dict[str, Any]], None]
