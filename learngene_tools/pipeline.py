@@ -32,10 +32,10 @@ def describe_run(settings: DistillSettings, opts: RunOptions, out: Path | None =
     meta device to find its taps; no weights are loaded and nothing is written."""
     import torch
 
+    from learngene_tools.architectures.specs import build_model
+    from learngene_tools.architectures.tracing import on_meta
     from learngene_tools.distillation.teacher import taps_from_feature_info, trace_taps
     from learngene_tools.extraction.config import VARIANTS
-    from learngene_tools.specs import build_model
-    from learngene_tools.tracing import on_meta
 
     arch = str(settings.arch)
     replknet = arch.split(":", 1)[-1].startswith("replknet")

@@ -68,7 +68,7 @@ def resolve(ref: Ref, *, expect_bundle: bool = False, progress: bool | None = No
 
 def resolve_target(ref: Ref, *, progress: bool | None = None) -> str | Path:
     """A transplant target: a model spec as is, any file reference resolved to its local path."""
-    from learngene_tools.specs import is_model_spec
+    from learngene_tools.architectures.specs import is_model_spec
 
     if isinstance(ref, str) and not is_builtin_ref(ref) and not is_hf_ref(ref) and is_model_spec(ref):
         return ref

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learngene_tools.specs import build_model
+from learngene_tools.architectures.specs import build_model
 from learngene_tools.transplantation.apply import transplant
 
 os.environ.setdefault("YOLO_VERBOSE", "False")

@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import run_lgt
 
+from learngene_tools.architectures.specs import build_model
+from learngene_tools.architectures.tracing import on_meta
 from learngene_tools.extraction.bundle import read_bundle_header
-from learngene_tools.specs import build_model
-from learngene_tools.tracing import on_meta
 
 
 def _broadcast_zeros(spec: str, **kwargs) -> dict[str, torch.Tensor]:

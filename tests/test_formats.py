@@ -282,8 +282,8 @@ def test_folder_output_checks(folders: Path, bundle_small: Path, tmp_path: Path)
 
 
 def test_copies_that_differ_are_refused_before_anything_is_written(bundle_small: Path, tmp_path: Path):
+    from learngene_tools.architectures.specs import build_model
     from learngene_tools.errors import InvalidFileError
-    from learngene_tools.specs import build_model
 
     sd = build_model("timm:resnet18").state_dict()
     ema = {k: v for k, v in sd.items() if not k.startswith("fc.")}

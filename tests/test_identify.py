@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from learngene_tools.architectures.keysets import align_keys
+from learngene_tools.architectures.specs import build_model
+from learngene_tools.architectures.tracing import model_input_size, on_meta
 from learngene_tools.errors import ModelError
 from learngene_tools.io.checkpoint import checkpoint_from_state_dict
-from learngene_tools.keysets import align_keys
-from learngene_tools.specs import build_model
-from learngene_tools.tracing import model_input_size, on_meta
 from learngene_tools.transplantation.apply import transplant
 from learngene_tools.transplantation.planner import TransplantPlan, plan_transplant
 
@@ -164,7 +164,7 @@ def test_arch_that_is_not_the_model_says_which_keys_differ(bundle_small: Path, f
 
 def test_identified_checkpoint_object_is_not_needed_for_a_spec(bundle_small: Path):
     ckpt = checkpoint_from_state_dict(_state("timm:resnet18"), "x")
-    from learngene_tools.identify import identify
+    from learngene_tools.architectures.identify import identify
 
     found = identify(ckpt)
     assert [a.spec for a in found.candidates][:1] == ["timm:resnet18"]

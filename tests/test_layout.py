@@ -18,16 +18,16 @@ LAYERS: dict[str, int] = {
     # 0: vocabulary shared by everything
     "errors": 0, "settings": 0,
     # 1: files, model specs, model-independent helpers
-    "io": 1, "specs": 1, "descendants": 1, "tracing": 1, "keysets": 1,
+    "io": 1, "architectures": 1, "architectures.specs": 1, "descendants": 1, "architectures.tracing": 1, "architectures.keysets": 1,
     # the parts' settings (standard library only: the CLI builds its options from them without torch)
     "extraction.config": 1, "distillation.config": 1, "transplantation.config": 1, "evaluation.config": 1,
     # 2: the models and file formats of the parts
     "extraction.auxiliary": 2, "extraction.bundle": 2,
-    "distillation.replknet": 2, "distillation.loss": 2, "distillation.data": 2, "arch_index": 2,
+    "distillation.replknet": 2, "distillation.loss": 2, "distillation.data": 2, "architectures.index": 2,
     # 3: what reads and writes them, and the parts' own building blocks
     "extraction.aux_checkpoint": 3, "distillation.ancestry": 3, "distillation.teacher": 3,
-    "distillation.distributed": 3, "distillation.state": 3, "identify": 3,
-    "transplantation.adapt": 3, "transplantation.convs": 3, "transplantation.identify": 3,
+    "distillation.distributed": 3, "distillation.state": 3, "architectures.identify": 3,
+    "transplantation.adapt": 3, "transplantation.convs": 3,
     # 4: the parts' steps
     "distillation": 4, "extraction": 4, "transplantation": 4, "evaluation": 7,
     # 5-6: the pipeline across parts, the Hub, reference resolution

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from learngene_tools.architectures.specs import build_model, check_spec, is_code_spec
 from learngene_tools.errors import ModelError, UnsafeInputError
-from learngene_tools.specs import build_model, check_spec, is_code_spec
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

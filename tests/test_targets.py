@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from learngene_tools.architectures.specs import build_model
 from learngene_tools.extraction.bundle import BN_PARTS, Bundle, read_bundle
 from learngene_tools.io.header import read_header
-from learngene_tools.specs import build_model
 from learngene_tools.transplantation.apply import TRANSPLANT_KEY, transplant
 from learngene_tools.transplantation.planner import Assignment, TransplantPlan
 

@@ -256,7 +256,7 @@ def _distill_args(inputs: Inputs, synthetic: bool) -> tuple[Any, Any, str | None
         raise NotFoundError(f"{opts.ancestry}: no such ancestry checkpoint")
     identified = None
     if settings.arch is None:
-        from learngene_tools.identify import identify_ancestry
+        from learngene_tools.architectures.identify import identify_ancestry
         from learngene_tools.refs import resolve
 
         spec, how = identify_ancestry(resolve(opts.ancestry), trust_pickle=opts.trust_pickle)

@@ -128,7 +128,7 @@ def settings_command(
 def _check_specs(values: dict[str, Any], typed: set[str], from_recipe: dict[str, Any], recipe: Any) -> None:
     """Model specs run code: the user's own may be imported (from the working directory too, as `python -m`
     would); a recipe's `module:factory` spec needs --trust-code."""
-    from learngene_tools.specs import check_spec, is_model_spec, typed_on_command_line
+    from learngene_tools.architectures.specs import check_spec, is_model_spec, typed_on_command_line
 
     for key in typed:
         if isinstance(values[key], str):

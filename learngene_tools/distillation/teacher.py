@@ -96,7 +96,7 @@ def _feature_info_taps(model: nn.Module) -> list[tuple[int, str]] | None:
 
 def trace_taps(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> list[str]:
     """Find taps by one dummy forward: at each stride 4, 8, 16, the last of the outermost modules with that output stride."""
-    from learngene_tools.tracing import stage_outputs
+    from learngene_tools.architectures.tracing import stage_outputs
 
     found = stage_outputs(model, input_size, TAP_REDUCTIONS)
     for r in TAP_REDUCTIONS:
@@ -108,7 +108,7 @@ def trace_taps(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
 def build_teacher(arch: str, checkpoint: str | Path | None, taps: Sequence[str] | None = None,
                   merged: bool = True, trust_pickle: bool = False, img_size: int = 224) -> tuple[Teacher, dict]:
     """The frozen teacher in eval mode, and a description of it for provenance."""
-    from learngene_tools.specs import build_model
+    from learngene_tools.architectures.specs import build_model
 
     kwargs = {"merged": True} if merged and _is_replknet(arch) else {}
     model = build_model(arch, seed=0, **kwargs)

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from learngene_tools.architectures.specs import build_model
 from learngene_tools.errors import ModelError, SettingsError
 from learngene_tools.extraction.bundle import Bundle
-from learngene_tools.specs import build_model
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:

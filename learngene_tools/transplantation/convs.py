@@ -1,7 +1,7 @@
 """Find a target's conv layers and what each can take: from a traced forward, or from names, shapes and order.
 
 With the architecture (given, identified, or a model spec), one forward pass on a dummy
-input (`learngene_tools.tracing`) gives each conv's exact stride, groups, the BN that
+input (`learngene_tools.architectures.tracing`) gives each conv's exact stride, groups, the BN that
 follows it, the conv that feeds it and the execution order. Only without one are
 reductions (output strides) estimated from channel widths: every widening starts a new
 level, the last level is taken to run at stride 32.
@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from learngene_tools.keysets import KeyMap
-from learngene_tools.tracing import Trace, run_trace
+from learngene_tools.architectures.keysets import KeyMap
+from learngene_tools.architectures.tracing import Trace, run_trace
 
 HEAD_NAMES = frozenset({
     "head", "heads", "fc", "classifier", "aux_classifier", "pre_logits", "decoder", "segmentation_head",

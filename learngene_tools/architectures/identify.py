@@ -21,9 +21,9 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from learngene_tools.architectures.keysets import SAVE_RENAMES, KeyMap, align_model
+from learngene_tools.architectures.tracing import on_meta
 from learngene_tools.errors import LgtError
-from learngene_tools.keysets import SAVE_RENAMES, KeyMap, align_model
-from learngene_tools.tracing import on_meta
 
 Shapes = Mapping[str, tuple[int, ...]]
 MAX_CANDIDATES = 12  # identical key sets beyond this are reported as ambiguous
@@ -247,7 +247,7 @@ def _lookup_views(shapes: Shapes) -> list[dict[str, tuple[int, ...]]]:
 def index_candidates(shapes: Shapes, notify: Callable[[str], None] | None = None) -> tuple[list[Architecture], int]:
     """Indexed architectures whose keys and shapes equal the checkpoint's (head aside), verified; and how many more
     matched beyond MAX_CANDIDATES."""
-    from learngene_tools import arch_index
+    from learngene_tools.architectures import index as arch_index
 
     index = arch_index.load_index(notify)
     seen: dict[str, arch_index.Entry] = {}

@@ -1,6 +1,6 @@
 """An index of the architectures the installed packages can build: each one's state_dict key/shape fingerprint.
 
-Identification (`learngene_tools.identify`) looks a checkpoint's key/shape set up here instead of
+Identification (`learngene_tools.architectures.identify`) looks a checkpoint's key/shape set up here instead of
 building every model. An entry keeps the fingerprint of the model's keys without its classifier
 head, and the head's keys with the class count left open, so a checkpoint fine-tuned to another
 number of classes still matches. Models are built on the meta device (no memory, no weight
@@ -8,7 +8,7 @@ initialisation). There is one segment per source package and version: the packag
 for the versions it was released with; any other version is indexed once into the user's cache
 (`LGT_CACHE_DIR`, else `$XDG_CACHE_HOME/learngene_tools`, else `~/.cache/learngene_tools`).
 
-Rebuild the shipped index: `python -m learngene_tools.arch_index --ship`.
+Rebuild the shipped index: `python -m learngene_tools.architectures.index --ship`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Callable, Iterable, Mapping
 
 from torch import nn
 
-from learngene_tools.keysets import fingerprint, saved_shapes
-from learngene_tools.tracing import on_meta
+from learngene_tools.architectures.keysets import fingerprint, saved_shapes
+from learngene_tools.architectures.tracing import on_meta
 
 FORMAT = 1
-SHIPPED = Path(__file__).parent / "data" / "arch_index.json.gz"
+SHIPPED = Path(__file__).parent.parent / "data" / "arch_index.json.gz"
 OWN_MODELS = ("replknet", "lgt_aux")  # registered with timm by this package: identified by their own rules
 
 Head = tuple[tuple[str, tuple[int | None, ...]], ...]  # (key, shape with None for the class count)
