@@ -52,8 +52,8 @@ def list_families() -> dict[str, str]:
     """timm module (family) -> its smallest model (by parameters) that has a dense conv of 3x3 or larger."""
     import timm
 
-    from learngene_tools.arch_index import OWN_MODELS
-    from learngene_tools.tracing import on_meta
+    from learngene_tools.architectures.index import OWN_MODELS
+    from learngene_tools.architectures.tracing import on_meta
 
     chosen: dict[str, str] = {}
     for family in sorted(timm.list_modules()):
@@ -94,9 +94,9 @@ def load_families(refresh: bool = False) -> dict[str, str]:
 def sweep_model(family: str, name: str, workdir: Path, grouped: str = "skip") -> Result:
     """Transplant one model as a file without --arch and as a spec; compare the plans; load and run the output."""
     from learngene_tools.api import transplant
+    from learngene_tools.architectures.specs import build_model
+    from learngene_tools.architectures.tracing import model_input_size
     from learngene_tools.errors import LgtError, ModelError
-    from learngene_tools.specs import build_model
-    from learngene_tools.tracing import model_input_size
     from learngene_tools.transplantation.planner import placement
 
     t0 = time.perf_counter()

@@ -313,6 +313,9 @@ def test_benchmark_cpu_smoke_runs_the_real_code_path() -> None:
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     figures = json.loads(r.stdout.strip().splitlines()[-1])
-    for key in ("teacher_merged_img_s", "teacher_training_img_s", "distill_img_s", "extract_synthetic_img_s"):
+    for key in ("teacher_merged_native_img_s", "teacher_merged_auto_img_s", "teacher_training_native_img_s",
+                "teacher_training_auto_img_s", "yardstick_native_img_s", "distill_img_s", "extract_synthetic_img_s",
+                "teacher_merged_gflops_per_img", "yardstick_gflops_per_img"):
         assert figures[key] > 0, key
     assert figures["device"] == "cpu" and "lgt extract, synthetic images" in r.stdout
+    assert "teacher merged, auto convs" in r.stdout and "timm:convnext_atto" in r.stdout

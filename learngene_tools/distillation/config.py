@@ -13,6 +13,7 @@ from learngene_tools.settings import setting, to_json
 
 PRECISIONS = ("auto", "bf16", "fp32")
 LOSS_KINDS = ("smoothl1", "l2", "paper")
+TEACHER_CONV_MODES = ("auto", "native", "contiguous", "channels_last", "fft")
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,19 @@ class RunOptions:
     trust_pickle: bool = setting(False, "Allow arbitrary pickled objects in the ancestry (trusted files only).",
                                  recipe=False)
     device: str | None = setting(None, "cpu or cuda (default: cuda when available).", recipe=False)
+    teacher_conv: str = setting("auto", "How the frozen teacher runs its large-kernel depthwise convs: auto (the "
+                                "fastest of the others that agrees with native, timed once per input "
+                                "shape), native, contiguous or channels_last (native on a copy in that "
+                                "layout), or fft.", choices=TEACHER_CONV_MODES)
     recipe: dict[str, Any] | None = None  # the recipe's provenance, recorded with the result
     progress: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.ckpt_every < 1 or self.log_every < 1 or self.num_workers < 0:
             raise SettingsError("--ckpt-every and --log-every must be at least 1, --workers at least 0")
+        if self.teacher_conv not in TEACHER_CONV_MODES:
+            raise SettingsError(f"--teacher-conv must be one of {', '.join(TEACHER_CONV_MODES)} "
+                                f"(got {self.teacher_conv!r})")
 
 
 def lr_at(step: int, s: DistillSettings) -> float:

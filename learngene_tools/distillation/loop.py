@@ -25,6 +25,7 @@ from torch import nn
 
 from learngene_tools.distillation.config import DistillSettings, RunOptions, lr_at
 from learngene_tools.distillation.data import ImageFolder, StepSampler, SyntheticImages, collate_skipping
+from learngene_tools.distillation.depthwise import use_fast_depthwise
 from learngene_tools.distillation.distributed import DistContext, sync_batchnorm
 from learngene_tools.distillation.loss import DistillLoss
 from learngene_tools.distillation.state import (
@@ -104,6 +105,7 @@ def memory_format_for(s: DistillSettings, device: torch.device) -> torch.memory_
 def load_teacher(s: DistillSettings, opts: RunOptions, device: torch.device) -> tuple[Teacher, dict[str, Any]]:
     """The frozen teacher on `device` in the run's memory format, and its description for provenance."""
     teacher, desc = build_teacher(s.arch, opts.ancestry, s.taps, s.merged_teacher, opts.trust_pickle, s.img_size)
+    use_fast_depthwise(teacher, opts.teacher_conv)
     return teacher.to(device, memory_format=memory_format_for(s, device)), desc
 
 
@@ -212,7 +214,7 @@ class Run:
         self._bad = torch.zeros((), dtype=torch.bool, device=self.ctx.device)
         window, t_start = _Window(), time.perf_counter()
         self.student.train()
-        for x, n_bad in _loader(s, self.step, self.ctx, opts.num_workers):
+        for x, n_bad in make_loader(s, self.step, self.ctx, opts.num_workers):
             if x.numel() == 0:
                 raise TrainingError(f"a whole batch of images failed to decode at step {self.step}; "
                                     f"check the files under {s.data}")
@@ -370,7 +372,8 @@ def _ancestry_desc(teacher_desc: dict[str, Any], opts: RunOptions, ctx: DistCont
             "checkpoint_sha256": file_sha256(path) if (path and ctx.is_main) else None}
 
 
-def _loader(s: DistillSettings, start_step: int, ctx: DistContext, num_workers: int) -> torch.utils.data.DataLoader:
+def make_loader(s: DistillSettings, start_step: int, ctx: DistContext, num_workers: int) -> torch.utils.data.DataLoader:
+    """The run's batches from `start_step` on: this process's share, decoded by `num_workers` processes."""
     dataset = ImageFolder(s.data, s.img_size, s.mean, s.std) if s.data else \
         SyntheticImages(s.img_size, s.synthetic_length, s.mean, s.std)
     sampler = StepSampler(len(dataset), s.batch_size, s.seed, start_step, s.steps, ctx.rank, ctx.world_size)
