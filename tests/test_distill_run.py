@@ -319,3 +319,47 @@ def test_benchmark_cpu_smoke_runs_the_real_code_path() -> None:
         assert figures[key] > 0, key
     assert figures["device"] == "cpu" and "lgt extract, synthetic images" in r.stdout
     assert "teacher merged, auto convs" in r.stdout and "timm:convnext_atto" in r.stdout
+
+
+# --- a full disk while checkpointing
+
+
+class _FullDisk:
+    """A file that takes `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        self._f = open(path, "wb")  # noqa: SIM115 - closed by __exit__
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            raise OSError(28, "No space left on device")
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+    def __enter__(self) -> "_FullDisk":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_state(tmp_path, monkeypatch):
+    from learngene_tools.distillation import state as state_module
+    from learngene_tools.errors import OutputError
+
+    path = tmp_path / "distill-state.pt"
+    good = SavedState(settings_json="{}", student={"w": torch.ones(3)}, optimizer={}, step=5, images_seen=40,
+                      skipped_images=0)
+    save_state(path, good)
+    before = path.read_bytes()
+    monkeypatch.setattr(state_module, "open", lambda p, mode="r": _FullDisk(Path(p), 100), raising=False)
+    big = SavedState(settings_json="{}", student={"w": torch.randn(1000)}, optimizer={}, step=10, images_seen=80,
+                     skipped_images=0)
+    with pytest.raises(OutputError, match="No space left on device|no space"):
+        save_state(path, big)
+    assert path.read_bytes() == before and load_state(path).step == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["distill-state.pt"]  # no temporary file left
