@@ -55,15 +55,10 @@ class DistillCommand:
 
 
 @dataclass(frozen=True)
-class ExtractCommand:
+class ExtractCommand(DistillCommand):
     """`lgt extract`: the bundle out, besides what `lgt distill` takes."""
 
     output: Path = setting(Path("learngene.safetensors"), "Bundle to write.", short="-o")
-    synthetic: bool = setting(False, "Distil on procedural images (what happens anyway without --data).")
-    dry_run: bool = setting(False, "Show what would run (ancestry, taps, auxiliary model, steps, data) and train "
-                                   "nothing.", recipe=False)
-    trust_code: bool = setting(False, "Let a recipe's pkg.module:factory model spec be imported and run "
-                                      "(trusted recipes only).", recipe=False)
 
 
 @dataclass(frozen=True)

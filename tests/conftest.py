@@ -28,6 +28,16 @@ def make_aux(config: AuxConfig, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny VGG teacher checkpoint, wrapped under `model` as training scripts save it."""
+    from tinymodels import tiny_vgg
+
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.save({"model": tiny_vgg().state_dict(), "epoch": 3}, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def aux_tiny_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("aux") / "aux_tiny.safetensors"

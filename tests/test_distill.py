@@ -29,15 +29,6 @@ TESTS = Path(__file__).parent
 TEACHER = "tinymodels:tiny_vgg"
 
 
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tinymodels import tiny_vgg
-
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
-    torch.save({"model": tiny_vgg().state_dict(), "epoch": 3}, path)
-    return path
-
-
 def settings(**kw) -> DistillSettings:
     base = dict(arch=TEACHER, aux=VARIANTS["lgt_aux_tiny"], img_size=32, batch_size=8, steps=12, lr=3e-3,
                 warmup_steps=2, seed=0)
