@@ -143,11 +143,13 @@ def test_the_run_loads_its_teacher_with_the_chosen_mode(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_auto_on_cuda_agrees_with_native_in_bf16():
+@pytest.mark.parametrize("mode", ["auto", "contiguous", "channels_last", "fft"])
+def test_every_mode_on_cuda_agrees_with_native_in_bf16(mode):
     model = _replknet().cuda().to(memory_format=torch.channels_last)
     x = torch.randn(8, 3, 128, 128, device="cuda").contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         native = model(x)
-        use_fast_depthwise(model, "auto", min_kernel=5)
+        use_fast_depthwise(model, mode, min_kernel=5)
         fast = model(x)
+    assert fast.dtype == native.dtype
     assert _relative_error(fast, native) < AGREEMENT

@@ -117,10 +117,10 @@ class RunOptions:
     trust_pickle: bool = setting(False, "Allow arbitrary pickled objects in the ancestry (trusted files only).",
                                  recipe=False)
     device: str | None = setting(None, "cpu or cuda (default: cuda when available).", recipe=False)
-    teacher_conv: str = setting("auto", "How the frozen teacher runs its large-kernel depthwise convs: auto (the "
-                                "fastest of the others that agrees with native, timed once per input "
-                                "shape), native, contiguous or channels_last (native on a copy in that "
-                                "layout), or fft.", choices=TEACHER_CONV_MODES)
+    teacher_conv: str = setting("auto", "How the frozen teacher runs its large-kernel depthwise convs: auto (on "
+                                "CPU the fastest of the others that agrees with native, timed once per "
+                                "input shape; native elsewhere), native, contiguous or channels_last "
+                                "(native on a copy in that layout), or fft.", choices=TEACHER_CONV_MODES)
     recipe: dict[str, Any] | None = None  # the recipe's provenance, recorded with the result
     progress: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False)
 

@@ -11,9 +11,11 @@ run any way that computes the same thing:
   the input's layout);
 - ``fft``: the same cross-correlation by real FFTs in float32, its cost independent of the kernel size.
 
-``auto`` (the default) times every candidate once per input signature (shape, dtype, layout, device,
+``auto`` (the default) on CPU times every candidate once per input signature (shape, dtype, layout,
 kernel) and keeps the fastest whose output agrees with the native op's; convs of the same signature
-share the choice. Whenever a gradient is needed, the native op runs.
+share the choice. On other devices ``auto`` runs ``native``: the candidates have not been measured on
+a GPU yet (issue 10), and a named mode tries one there. Whenever a gradient is needed, the native
+op runs.
 """
 
 from __future__ import annotations
@@ -133,29 +135,13 @@ def choose_fastest(candidates: dict[str, Callable[[], torch.Tensor]], reference:
     scale = float(reference.float().abs().max()) or 1.0
     timings: dict[str, float | None] = {}
     for name, run in candidates.items():
-        try:
-            out = run()
-        except torch.cuda.OutOfMemoryError:  # a candidate that needs more memory than is free is no candidate
-            torch.cuda.empty_cache()
-            timings[name] = None
-            continue
+        out = run()
         agrees = out.shape == reference.shape and out.dtype == reference.dtype and \
             float((out.float() - reference.float()).abs().max()) <= AGREEMENT * scale
         timings[name] = timer(run) * 1e3 if agrees else None
     timed = {k: v for k, v in timings.items() if v is not None}
     best = min(timed, key=timed.__getitem__) if timed else "native"
     return Choice(best, timings)
-
-
-def cuda_timer(run: Callable[[], torch.Tensor]) -> float:
-    """Seconds per call of `run` on the current CUDA stream (the first call warmed it up)."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(TIMED_CALLS):
-        run()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3 / TIMED_CALLS
 
 
 def wall_timer(run: Callable[[], torch.Tensor]) -> float:
@@ -201,15 +187,16 @@ class LargeKernelDepthwise(nn.Conv2d):
             self.kernel_size[0], self.bias is not None)
 
     def choice(self, x: torch.Tensor) -> str:
-        """Which implementation runs for `x` (timing the candidates on the first input of its signature)."""
+        """Which implementation runs for `x` (on CPU, `auto` times the candidates on the first input of its kind)."""
         if self.mode != "auto":
             return self.mode
+        if x.device.type != "cpu":
+            return "native"
         sig = self._signature(x)
         if sig not in _CHOICES:
             impls = self._implementations()
             reference = self._native(x)
-            timer = cuda_timer if x.device.type == "cuda" else wall_timer
-            _CHOICES[sig] = choose_fastest({n: (lambda f=f: f(x)) for n, f in impls.items()}, reference, timer)
+            _CHOICES[sig] = choose_fastest({n: (lambda f=f: f(x)) for n, f in impls.items()}, reference, wall_timer)
         return _CHOICES[sig].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
