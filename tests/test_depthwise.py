@@ -109,6 +109,20 @@ def test_auto_times_the_candidates_once_per_signature_and_a_gradient_runs_native
     assert x.grad is not None and convs[0].weight.grad is not None
 
 
+def test_an_unbatched_input_runs_in_every_mode():
+    from learngene_tools.distillation import depthwise
+
+    conv = nn.Conv2d(3, 3, 11, padding=5, groups=3)
+    x = torch.randn(3, 14, 10)
+    with torch.no_grad():
+        expected = conv(x)
+        use_fast_depthwise(conv, "auto")
+        for mode in ("auto", "contiguous", "channels_last", "fft"):
+            conv.mode = mode
+            assert _relative_error(conv(x), expected) < 1e-4, mode
+    assert "3x14x10 k11 float32->float32 contiguous cpu" in depthwise.autotuned()
+
+
 def test_choose_fastest_skips_a_wrong_candidate_and_keeps_the_fastest():
     reference = torch.arange(12.0).reshape(3, 4)
     candidates = {

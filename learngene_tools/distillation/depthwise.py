@@ -117,8 +117,8 @@ class Signature:
     bias: bool
 
     def __str__(self) -> str:
-        n, c, h, w = self.shape
-        return f"{n}x{c}x{h}x{w} k{self.kernel} {self.dtype}->{self.out_dtype} {self.layout} {self.device}"
+        shape = "x".join(map(str, self.shape))  # (N,C,H,W), or (C,H,W) unbatched
+        return f"{shape} k{self.kernel} {self.dtype}->{self.out_dtype} {self.layout} {self.device}"
 
 
 _CHOICES: dict[Signature, Choice] = {}
@@ -164,6 +164,8 @@ class LargeKernelDepthwise(nn.Conv2d):
         return super().forward(x.contiguous()).contiguous(memory_format=_layout_of(x))
 
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:  # an unbatched input has no channels_last layout
+            return self._contiguous(x)
         y = super().forward(x.contiguous(memory_format=torch.channels_last))
         return y.contiguous(memory_format=_layout_of(x))
 
