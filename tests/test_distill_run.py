@@ -339,15 +339,15 @@ class _FullDisk:
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_state(tmp_path, monkeypatch):
-    from learngene_tools.distillation import state as state_module
     from learngene_tools.errors import OutputError
+    from learngene_tools.io import checkpoint as checkpoint_io
 
     path = tmp_path / "distill-state.pt"
     good = SavedState(settings_json="{}", student={"w": torch.ones(3)}, optimizer={}, step=5, images_seen=40,
                       skipped_images=0)
     save_state(path, good)
     before = path.read_bytes()
-    monkeypatch.setattr(state_module, "open", lambda p, mode="r": _FullDisk(Path(p), 100), raising=False)
+    monkeypatch.setattr(checkpoint_io, "open", lambda p, mode="r": _FullDisk(Path(p), 100), raising=False)
     big = SavedState(settings_json="{}", student={"w": torch.randn(1000)}, optimizer={}, step=10, images_seen=80,
                      skipped_images=0)
     with pytest.raises(OutputError, match="No space left on device|no space"):

@@ -20,6 +20,7 @@ import torch
 from learngene_tools import __version__
 from learngene_tools.distillation.config import DistillSettings, RunOptions
 from learngene_tools.errors import InvalidFileError, NotFoundError, OutputError, SettingsError
+from learngene_tools.io.checkpoint import torch_save
 from learngene_tools.io.files import atomic_path
 
 STATE_FILE = "distill-state.pt"
@@ -49,25 +50,8 @@ def save_state(path: Path, state: SavedState) -> None:
         "skipped_images": state.skipped_images, "tool_version": __version__,
     }
     obj["sha256"] = _digest(obj)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        try:
-            torch.save(obj, f)
-        except RuntimeError as e:
-            # torch's zip writer turns a failed write (a full disk) into a RuntimeError while closing;
-            # the OSError underneath becomes atomic_path's one-line OutputError, the last state kept.
-            raise (_os_error_under(e) or e) from None
-
-
-def _os_error_under(e: BaseException) -> OSError | None:
-    """The OSError `e` was raised while handling, if any."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, OSError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
+    with atomic_path(path) as tmp:
+        torch_save(obj, tmp)
 
 
 def load_state(path: Path) -> SavedState:

@@ -517,7 +517,7 @@ def copy_readers(ckpt: Checkpoint) -> list[Callable[[str], torch.Tensor]]:
 Updates = Mapping[str, torch.Tensor]
 
 
-def _torch_save(obj: Any, tmp: Path, zip_format: bool = True) -> None:
+def torch_save(obj: Any, tmp: Path, zip_format: bool = True) -> None:
     """torch.save into a file object, so that a full disk is the OSError it is (one line), not a RuntimeError.
 
     torch's zip writer reports a failed write as "unexpected pos" while closing; the OSError is its context.
@@ -576,14 +576,14 @@ def _write_file(ckpt: Checkpoint, per_copy: list[Updates], tmp: Path, fmt: str, 
         with contextlib.ExitStack() as stack:
             for c, u in zip(ckpt.copies, per_copy):
                 stack.enter_context(c.updated(u))
-            _torch_save(container, tmp, zip_format=zipfile.is_zipfile(ckpt.path))
+            torch_save(container, tmp, zip_format=zipfile.is_zipfile(ckpt.path))
     else:
         state = {**ckpt.state_dict(), **updates}
         if fmt == "safetensors":
             with open(tmp, "wb") as f:
                 write_safetensors(state, meta, f)
         else:
-            _torch_save(state, tmp)
+            torch_save(state, tmp)
 
 
 def _write_folder(ckpt: Checkpoint, per_copy: list[Updates], tmp: Path, metadata: dict[str, str],
