@@ -15,6 +15,7 @@ from pathlib import Path
 import bundletools as bt
 import pytest
 import torch
+from clichecks import one_line
 from conftest import run_lgt
 
 from learngene_tools.errors import InvalidFileError
@@ -36,16 +37,6 @@ TESTS = Path(__file__).parent
 ENV = {"PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)}
 # the shipped bundle's tensor hash when it was schema 1: re-exported as schema 2, its tensors are the same bytes
 DEFAULT_TENSOR_HASH = "sha256:f59c462b2277e81e1a33164853b568313e83403711e869abd63d0f3f187d8fea"
-
-
-def _one_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    shown = f"rc={proc.returncode}\nstdout={proc.stdout!r}\nstderr={proc.stderr!r}"
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, shown
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), shown
-    for f in fragments:
-        assert f.lower() in lines[0].lower(), (f, lines[0])
-    return lines[0]
 
 
 # --- schema 2 -------------------------------------------------------------------------------------------
@@ -93,7 +84,7 @@ def test_the_edit_is_caught_by_inspect_transplant_and_pull(edited: dict[str, Pat
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda a: run_lgt(*a, env_extra=ENV), calls))
     for r in results:
-        _one_line(r, "norm2.safetensors", "do not match its 'learngene.hash'")
+        one_line(r, "norm2.safetensors", "do not match its 'learngene.hash'")
     assert not (tmp_path / "out.safetensors").exists()
     assert json.loads(results[1].stdout)["error"]["kind"] == "invalid_file"
 
@@ -111,7 +102,7 @@ def test_pull_refuses_an_edited_bundle(edited: dict[str, Path], tmp_path: Path) 
         r = run_lgt("pull", "alice/lg", env_extra=env)
     finally:
         hub.stop()
-    _one_line(r, "do not match its 'learngene.hash'")
+    one_line(r, "do not match its 'learngene.hash'")
 
 
 def test_schema_1_still_reads_and_inspect_says_its_metadata_is_unprotected(edited: dict[str, Path]) -> None:
@@ -227,7 +218,7 @@ def test_inspect_of_a_layer_with_zero_kernels_is_one_line(bundle_tiny: Path, tmp
                      layers=_set(0, shape=[0, 3, 3, 3], l2_norms=[]), forge=True)
     with ThreadPoolExecutor(2) as pool:
         for r in pool.map(lambda a: run_lgt(*a), [("inspect", str(bad)), ("inspect", str(bad), "--json")]):
-            _one_line(r, "zero.safetensors", "layer record 0 is malformed", "1 to 65536 kernels")
+            one_line(r, "zero.safetensors", "layer record 0 is malformed", "1 to 65536 kernels")
 
 
 # --- tensors: dtypes and values ---------------------------------------------------------------------------
@@ -278,7 +269,7 @@ def test_transplant_refuses_a_nan_bundle_and_writes_nothing(bundle_tiny: Path, t
     bad = bt.rewrite(bundle_tiny, tmp_path / "nan.safetensors", tensors=_nan, forge=True)
     out = tmp_path / "out.safetensors"
     r = run_lgt("transplant", str(bad), "tinymodels:tiny_vgg", "-o", str(out), env_extra=ENV)
-    _one_line(r, "nan.safetensors", "inf or nan")
+    one_line(r, "nan.safetensors", "inf or nan")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["nan.safetensors"]
 
 

@@ -10,7 +10,6 @@ output removes those of dead processes.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import tinymodels
 import torch
+from clichecks import one_line
 from safetensors.torch import save_file
 
 from learngene_tools.errors import InvalidFileError, NotFoundError, OutputError
@@ -47,20 +47,6 @@ def lgt(*args: str, cwd: Path | None = None, fsize: int | None = None) -> subpro
 
     return subprocess.run([sys.executable, "-m", "learngene_tools", *args], capture_output=True, text=True,
                           cwd=cwd, env=ENV, timeout=TIMEOUT, stdin=subprocess.DEVNULL, preexec_fn=limit)
-
-
-def one_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    shown = f"rc={proc.returncode}\nstdout={proc.stdout!r}\nstderr={proc.stderr!r}"
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, shown
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), shown
-    if "--json" in proc.args:  # the error object, and nothing else, on stdout
-        assert json.loads(proc.stdout)["error"]["message"] == lines[0].removeprefix("error: "), shown
-    else:
-        assert proc.stdout == "", shown
-    for f in fragments:
-        assert f.lower() in lines[0].lower(), (f, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

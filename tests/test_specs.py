@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from clichecks import one_line
 
 from learngene_tools.architectures.specs import build_model, check_spec, is_code_spec
 from learngene_tools.errors import ModelError, UnsafeInputError
@@ -35,16 +36,6 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _run(argv: list[str], cwd: Path, stdin: str = "", **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=cwd, input=stdin, capture_output=True, text=True, env=_env(**env), timeout=180)
-
-
-def _one_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    shown = f"rc={proc.returncode}\nstdout={proc.stdout!r}\nstderr={proc.stderr!r}"
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, shown
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), shown
-    for f in fragments:
-        assert f.lower() in lines[0].lower(), (f, lines[0])
-    return lines[0]
 
 
 # --- in-process: the dangerous callables are never reached ----------------------------------------------
@@ -173,7 +164,7 @@ def test_dangerous_specs_through_the_cli_run_nothing(bundle_file: Path, tmp_path
     with ThreadPoolExecutor(3) as pool:
         results = dict(zip(DANGEROUS, pool.map(call, DANGEROUS)))
     for spec, r in results.items():
-        _one_line(r, spec, "standard library or builtins")
+        one_line(r, spec, "standard library or builtins")
         assert list((tmp_path / spec.replace(":", "_")).iterdir()) == []
     assert not marker.exists() and list(tmpdir.iterdir()) == []
 
@@ -203,14 +194,14 @@ def test_a_recipe_spec_needs_trust_code(bundle_file: Path, tmp_path: Path) -> No
     with ThreadPoolExecutor(3) as pool:
         r = dict(zip(calls, pool.map(lambda a: _run([sys.executable, "-m", "learngene_tools", *a], cwd=tmp_path),
                                      calls.values())))
-    _one_line(r["untrusted"], "tinymodels:tiny_vgg", "code.toml", "names code to import and run", "--trust-code")
+    one_line(r["untrusted"], "tinymodels:tiny_vgg", "code.toml", "names code to import and run", "--trust-code")
     assert json.loads(r["untrusted"].stdout)["error"]["kind"] == "unsafe_input"
     assert r["trusted"].returncode == 0, r["trusted"].stderr
     assert json.loads(r["trusted"].stdout)["target"] == "tinymodels:tiny_vgg"
-    _one_line(r["stdlib_trusted"], "os:system", "standard library")
-    _one_line(r["arch"], "arch.toml", "([arch])", "--trust-code")
+    one_line(r["stdlib_trusted"], "os:system", "standard library")
+    one_line(r["arch"], "arch.toml", "([arch])", "--trust-code")
     assert r["overridden"].returncode == 0, r["overridden"].stderr  # the command line's TARGET wins: not the recipe's
-    _one_line(r["extract"], "extract.toml", "--trust-code")
+    one_line(r["extract"], "extract.toml", "--trust-code")
     assert not (tmp_path / "w").exists()
 
 
@@ -243,7 +234,7 @@ def test_python_m_imports_nothing_from_the_working_directory(bundle_file: Path, 
     assert r.returncode == 0, r.stderr
     r2 = _run([sys.executable, "-m", "learngene_tools", "transplant", str(bundle_file), "--recipe", str(evil_recipe),
                "--dry-run"], cwd=work)
-    _one_line(r2, "evilmod:factory", "--trust-code")
+    one_line(r2, "evilmod:factory", "--trust-code")
     assert sorted(p.name for p in tmp_path.glob("*.imported")) == []
 
 
