@@ -47,11 +47,12 @@ def deeplabv3plus_resnet50() -> nn.Module:
     return smp.DeepLabV3Plus(encoder_name="resnet50", encoder_weights=None)
 
 
-def small_vgg(in_chans: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64, 128, 128)) -> nn.Module:
+def small_vgg(in_chans: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64, 128, 128),
+              depths: tuple[int, ...] = (2, 2, 3, 3, 3)) -> nn.Module:
     """VGG-16's layout (2-2-3-3-3 3x3 convs with BN, max-pools between) at small widths, for 32 px images."""
     layers: list[nn.Module] = []
     cin = in_chans
-    for i, (w, n) in enumerate(zip(widths, (2, 2, 3, 3, 3))):
+    for i, (w, n) in enumerate(zip(widths, depths, strict=True)):
         if i:
             layers.append(nn.MaxPool2d(2))
         for _ in range(n):

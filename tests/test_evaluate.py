@@ -20,6 +20,7 @@ from conftest import run_lgt
 from torch import nn
 
 from learngene_tools import api
+from learngene_tools.descendants import small_vgg
 from learngene_tools.errors import LgtError, ModelError, OutputError, SettingsError
 from learngene_tools.evaluation.config import Arm, EvaluationSettings, default_arms
 from learngene_tools.evaluation.data import (
@@ -51,15 +52,7 @@ WITH_TESTS = {"PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.g
 
 def tiny_cnn(in_chans: int = 3, num_classes: int = 4) -> nn.Module:
     """VGG-style: 3x3 convs with BN at strides 1, 2, 4, 8, 16 (widths 8-32), global pool, linear head."""
-    layers: list[nn.Module] = []
-    cin = in_chans
-    for i, (w, n) in enumerate([(8, 2), (8, 1), (16, 1), (16, 1), (32, 2)]):
-        if i:
-            layers.append(nn.MaxPool2d(2))
-        for _ in range(n):
-            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-            cin = w
-    return nn.Sequential(nn.Sequential(*layers), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+    return small_vgg(in_chans, num_classes, widths=(8, 8, 16, 16, 32), depths=(2, 1, 1, 1, 2))
 
 
 def no_classes() -> nn.Module:
