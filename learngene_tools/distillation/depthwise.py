@@ -109,16 +109,18 @@ class Signature:
     """What decides which implementation is fastest: the input, the output dtype, the kernel."""
 
     shape: tuple[int, ...]
-    dtype: str
-    out_dtype: str
-    layout: str
-    device: str
+    dtype: torch.dtype
+    out_dtype: torch.dtype
+    layout: torch.memory_format
+    device: torch.device
     kernel: int
     bias: bool
 
     def __str__(self) -> str:
         shape = "x".join(map(str, self.shape))  # (N,C,H,W), or (C,H,W) unbatched
-        return f"{shape} k{self.kernel} {self.dtype}->{self.out_dtype} {self.layout} {self.device}"
+        dtypes = f"{self.dtype}->{self.out_dtype}".replace("torch.", "")
+        layout = "channels_last" if self.layout == torch.channels_last else "contiguous"
+        return f"{shape} k{self.kernel} {dtypes} {layout} {self.device}"
 
 
 _CHOICES: dict[Signature, Choice] = {}
@@ -179,14 +181,12 @@ class LargeKernelDepthwise(nn.Conv2d):
             cache[key] = kernel_spectrum(self.weight, size)
         return fft_depthwise_conv2d(x, self.weight, self.bias, cache[key])
 
-    def _implementations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        return {"native": self._native, "contiguous": self._contiguous, "channels_last": self._channels_last,
-                "fft": self._fft}
+    def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"_{name}")(x)
 
     def _signature(self, x: torch.Tensor) -> Signature:
-        return Signature(tuple(x.shape), str(x.dtype).removeprefix("torch."), str(_output_dtype(x)).removeprefix(
-            "torch."), "channels_last" if _layout_of(x) == torch.channels_last else "contiguous", str(x.device),
-            self.kernel_size[0], self.bias is not None)
+        return Signature(tuple(x.shape), x.dtype, _output_dtype(x), _layout_of(x), x.device, self.kernel_size[0],
+                         self.bias is not None)
 
     def choice(self, x: torch.Tensor) -> str:
         """Which implementation runs for `x` (on CPU, `auto` times the candidates on the first input of its kind)."""
@@ -196,15 +196,14 @@ class LargeKernelDepthwise(nn.Conv2d):
             return "native"
         sig = self._signature(x)
         if sig not in _CHOICES:
-            impls = self._implementations()
-            reference = self._native(x)
-            _CHOICES[sig] = choose_fastest({n: (lambda f=f: f(x)) for n, f in impls.items()}, reference, wall_timer)
+            candidates = {n: (lambda n=n: self._run(n, x)) for n in TEACHER_CONV_MODES if n != "auto"}
+            _CHOICES[sig] = choose_fastest(candidates, self._native(x), wall_timer)
         return _CHOICES[sig].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "native" or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
             return self._native(x)
-        return self._implementations()[self.choice(x)](x)
+        return self._run(self.choice(x), x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", teacher_conv={self.mode}"
