@@ -119,6 +119,12 @@ def show_plan(out: Console, plan: Any, verbose: bool = False) -> None:
               f"{plan.params_initialised:,} conv parameters initialised, {len(plan.changed_keys())} tensors changed; "
               f"{strides_text(plan.strides, plan.arch, plan.identification)}; target {plan.wrapper}; seed {plan.seed}; "
               "--json shows every step")
+    if plan.control:
+        what = ("random values with each filter's norm" if plan.control == "random-matched"
+                else "each filter's own values permuted")
+        out.print(f"[yellow]control transplant ({plan.control}):[/] the transplanted convs get {what}, not the "
+                  "learngene's kernels; train it beside the plain transplant to tell knowledge from scale",
+                  soft_wrap=True)
     if len(plan.copies) > 1:
         out.print(f"every copy of the weights gets the same plan: {', '.join(plan.copies)}", soft_wrap=True)
     if plan.optimizer_state and plan.drop_optimizer:

@@ -23,6 +23,7 @@ from learngene_tools.transplantation.adapt import (
     std_ratio,
 )
 from learngene_tools.transplantation.config import TransplantSettings
+from learngene_tools.transplantation.control import control_generator, control_weight
 from learngene_tools.transplantation.planner import TransplantPlan, plan_transplant
 from learngene_tools.transplantation.target import open_target
 
@@ -45,6 +46,8 @@ def adapted_tensors(plan: TransplantPlan, bundle: Bundle, ckpt: Checkpoint,
         follow = keeps[a.follow] if a.in_map == "follow" and a.follow else None
         dense = adapt_weight(bundle.tensors[rec.weight_name], a.dense_shape, keeps[a.layer], follow, gen)  # type: ignore[arg-type]
         w = block_diagonal(dense, a.groups)
+        if plan.control is not None:
+            w = control_weight(w, plan.control, control_generator(plan.seed, a.layer))
         scale = std_ratio(w, read(a.target)) if plan.rescale else 1.0  # type: ignore[arg-type]
         updates[a.target] = (w * scale).to(ckpt.dtypes[a.target])  # type: ignore[index]
         if a.bn:
@@ -86,7 +89,8 @@ def apply_plan(plan: TransplantPlan, out: str | Path, *, force: bool = False, re
     updates = [adapted_tensors(plan, bundle, ckpt, read) for read in copy_readers(ckpt)]
     record = {
         "bundle": Path(bundle.source).name, "bundle_hash": plan.bundle_hash, "seed": plan.seed,
-        "transfer_bn": plan.transfer_bn, "rescale": plan.rescale, "layers": {a.layer: a.target for a in plan.placed},
+        "transfer_bn": plan.transfer_bn, "rescale": plan.rescale,
+        **({"control": plan.control} if plan.control else {}), "layers": {a.layer: a.target for a in plan.placed},
         **({"recipe": recipe} if recipe else {}),
     }
     drop = tuple(ckpt.optimizer_state) if plan.drop_optimizer else ()

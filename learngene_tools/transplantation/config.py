@@ -11,6 +11,7 @@ from learngene_tools.errors import SettingsError
 from learngene_tools.settings import setting
 
 GROUPED_CHOICES = ("skip", "project")
+CONTROLS = ("random-matched", "shuffled")  # control transplants (transplantation/control.py)
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,19 @@ class TransplantSettings:
                            choices=GROUPED_CHOICES)
     require_traced: bool = setting(False, "Refuse to plan when the architecture is neither given (--arch) nor "
                                           "identified, instead of estimating strides.")
+    control: str | None = setting(None, "Write a control instead of the learngene: the same plan and changed "
+                                        "tensors, each transplanted filter replaced by random values of its norm "
+                                        "(random-matched) or its own values permuted (shuffled); tells the "
+                                        "learngene's knowledge from its scale.", choices=CONTROLS,
+                                  metavar="random-matched|shuffled")
     drop_optimizer: bool = setting(False, "Leave the target's optimizer state out of the output (it no longer "
                                           "matches the rewritten weights).")
 
     def __post_init__(self) -> None:
         if self.grouped not in GROUPED_CHOICES:
             raise SettingsError(f"--grouped must be one of {', '.join(GROUPED_CHOICES)} (got {self.grouped!r})")
+        if self.control is not None and self.control not in CONTROLS:
+            raise SettingsError(f"--control must be one of {', '.join(CONTROLS)} (got {self.control!r})")
         size = self.input_size
         if size is not None and (len(size) not in (2, 3) or min(size[-2:]) < 8 or min(size) < 1):
             raise SettingsError(f"--input-size takes H,W or C,H,W with H and W at least 8 (got {list(size)})")

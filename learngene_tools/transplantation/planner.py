@@ -83,7 +83,7 @@ class TransplantPlan:
     warnings: tuple[str, ...] = ()
     target_checkpoint: Checkpoint | None = field(default=None, compare=False, repr=False)  # the opened target
     rescale: bool = False  # kernels rescaled to the target conv's own standard deviation when applied
-
+    control: str | None = None  # "random-matched" | "shuffled": a control transplant (transplantation/control.py)
 
     @property
     def placed(self) -> list[Assignment]:
@@ -106,7 +106,7 @@ class TransplantPlan:
             "bundle": self.bundle, "bundle_hash": self.bundle_hash, "target": self.target,
             "target_format": self.target_format, "wrapper": self.wrapper, "arch": self.arch,
             "strides": self.strides, "identification": self.identification, "seed": self.seed,
-            "transfer_bn": self.transfer_bn, "rescale": self.rescale, "grouped": self.grouped,
+            "transfer_bn": self.transfer_bn, "rescale": self.rescale, "control": self.control, "grouped": self.grouped,
             "copies": list(self.copies),
             "optimizer_state": {"entries": list(self.optimizer_state),
                                 "action": "dropped" if self.drop_optimizer else "kept"} if self.optimizer_state else None,
@@ -310,7 +310,7 @@ def plan_transplant(bundle: str | Path, target: str | Path, settings: Transplant
                         "it out")
     return replace(plan, target_checkpoint=ckpt, copies=tuple(ckpt.copy_labels),
                    optimizer_state=tuple(ckpt.optimizer_state), drop_optimizer=s.drop_optimizer,
-                   warnings=tuple(warnings), rescale=s.rescale)
+                   warnings=tuple(warnings), rescale=s.rescale, control=s.control)
 
 
 def open_target(target: str | Path, seed: int = 0, trust_pickle: bool = False) -> Any:
