@@ -40,7 +40,7 @@ from learngene_tools.evaluation.init import (
     transplanted_bns,
 )
 from learngene_tools.evaluation.report import epochs_to_reach, markdown, summarise
-from learngene_tools.evaluation.runner import Context, run_grid, run_one
+from learngene_tools.evaluation.runner import Context, run_grid, run_key, run_one
 from learngene_tools.evaluation.train import Device, Schedule, fine_tune
 from learngene_tools.extraction.bundle import read_bundle
 
@@ -408,3 +408,108 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(terminal: bool):
     text = buf.getvalue()
     assert "[2/2] clkg 100% seed 0: val 61.50 %, test 60.00 % (2 s)" in text and "(reused)" in text
     assert ("epoch 1/1: val 61.50 %" in text) != terminal  # per-epoch lines only off a terminal
+
+
+# ---- controls, fair budgets and statistics (issue 16) ----------------------------------------------
+
+def test_control_arms_write_the_statistics_of_every_comparison(bundle_tiny: Path, tmp_path: Path):
+    """The issue's check: a tiny `lgt evaluate --arms scratch,clkg,random-matched,shuffled --seeds 2`."""
+    from typer.testing import CliRunner
+
+    from learngene_tools.cli.app import app
+
+    args = ["evaluate", str(bundle_tiny), "--arch", SPEC, "--data", "synthetic", "--img-size", "16", "--train-limit", "32",
+            "--val-limit", "16", "--test-limit", "16", "--seeds", "2", "--fractions", "1", "--epochs", "1",
+            "--batch-size", "16", "--device", "cpu", "--arms", "scratch,clkg,random-matched,shuffled",
+            "-o", str(tmp_path / "out"), "-q"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    record = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert [(a["name"], a["control"]) for a in record["arms"]] == [
+        ("scratch", None), ("clkg", None), ("random-matched", "random-matched"), ("shuffled", "shuffled")]
+    pairs = {(c["metric"], c["arm"], c["against"]) for c in record["comparisons"]}
+    for metric in ("val", "test"):
+        assert pairs >= {(metric, "clkg", "scratch"), (metric, "random-matched", "scratch"),
+                         (metric, "shuffled", "scratch"), (metric, "clkg", "random-matched"),
+                         (metric, "clkg", "shuffled")}
+    for c in record["comparisons"]:
+        assert {"delta_mean", "ci95", "p_value", "p_holm", "n", "verdict"} <= c.keys() and c["n"] == 2
+        assert len(c["ci95"]) == 2 and c["ci95"][0] <= c["delta_mean"] <= c["ci95"][1]
+        assert c["p_value"] in (0.5, 1.0) and c["verdict"] == "no evidence"  # 2 pairs: 2/4 at least
+    runs = {(r["arm"], r["seed"]): r for r in record["runs"]}
+    for seed in (0, 1):  # controls follow the same plan: same placed layers, different training
+        assert runs[("random-matched", seed)]["plan"] == runs[("clkg", seed)]["plan"]
+        assert runs[("random-matched", seed)]["val_loss"] != runs[("clkg", seed)]["val_loss"]
+    md = (tmp_path / "out" / "evaluation.md").read_text()
+    assert "| 100 % | val | clkg − random-matched | 2 |" in md and "p (Holm)" in md and "control: each filter" in md
+
+
+def test_one_seed_reports_n_a_not_a_zero_spread(bundle_tiny: Path):
+    s = replace(TINY, seeds=1, fractions=(1.0,), epochs=1, test=False)
+    record = api.evaluate(bundle_tiny, s)
+    cell = next(c for c in record["summary"] if c["arm"] == "clkg")
+    assert cell["val_final"][1] is None and cell["delta_val_final"][1] is None
+    assert all(c["ci95"] is None and c["p_holm"] is None and c["verdict"] == "n/a (one seed)"
+               for c in record["comparisons"])
+    from learngene_tools.evaluation.report import markdown
+
+    text = markdown({**record, "command": None}, "t")
+    assert "± 0.00" not in text and "± n/a" in text and "1 seed." in text
+
+
+def test_lr_grid_keeps_each_arms_best_rate_and_tests_only_it(bundle_tiny: Path, tmp_path: Path):
+    s = replace(TINY, seeds=2, fractions=(1.0,), epochs=1, lr_grid=(0.5, 0.01))
+    record = api.evaluate(bundle_tiny, s, out_dir=tmp_path, name="grid")
+    assert len(record["runs"]) == 2 * 2 * 2  # arms x seeds x rates
+    choice = {(c["arm"], c["fraction"]): c["lr"] for c in record["lr_choice"]}
+    for arm in ("scratch", "clkg"):
+        mean = {lr: sum(r["val_acc"][-1] for r in record["runs"] if r["arm"] == arm and r["lr"] == lr) / 2
+                for lr in (0.5, 0.01)}
+        assert choice[(arm, 1.0)] == max(mean, key=lambda lr: (mean[lr], lr == 0.5))
+        for r in record["runs"]:
+            if r["arm"] == arm:
+                assert r["chosen"] == (r["lr"] == choice[(arm, 1.0)])
+                assert (r["test_acc"] is not None) == r["chosen"]  # the test split is touched by the chosen runs only
+    assert not (tmp_path / "grid.weights").exists()  # the kept weights are gone once tested
+    assert "Learning rate kept per arm" in (tmp_path / "grid.md").read_text()
+
+
+def test_a_step_budget_is_the_same_for_every_fraction(bundle_tiny: Path):
+    s = replace(TINY, seeds=1, fractions=(1.0, 0.25), epochs=2, steps=10, test=False)
+    record = api.evaluate(None, s, arms=[Arm("scratch")])
+    assert [r["steps"] for r in record["runs"]] == [10, 10] and [r["train_images"] for r in record["runs"]] == [96, 24]
+    assert Schedule(3, 16, 0.05, 5e-4, True, 0, steps=10).steps_per_epoch(1000) == 4
+    with pytest.raises(SettingsError, match="not both"):
+        replace(TINY, steps=10, min_steps=5)
+    with pytest.raises(SettingsError, match="--arms takes scratch"):
+        replace(TINY, arms=("clkg",))
+    with pytest.raises(SettingsError, match="--lr-grid"):
+        replace(TINY, lr_grid=(0.1, 0.1))
+
+
+def test_resume_refuses_runs_from_another_device_or_precision(bundle_tiny: Path, tmp_path: Path):
+    s = replace(TINY, seeds=1, fractions=(1.0,), epochs=1, test=False)
+    record = api.evaluate(None, s, arms=[Arm("scratch")], out_dir=tmp_path, name="ev")
+    assert record["runs"][0]["runs_on"] == "cpu fp32"
+    path = tmp_path / "ev.json"
+    data = json.loads(path.read_text())
+    data["runs"][0]["runs_on"] = "cuda bf16"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SettingsError, match="holds runs on cuda bf16, this evaluation runs on cpu fp32"):
+        api.evaluate(None, s, arms=[Arm("scratch")], out_dir=tmp_path, name="ev", resume=True)
+    other = replace(s, precision="bf16")
+    assert run_key(Context(s, None, {}), Arm("scratch"), 1.0, 0) != run_key(Context(other, None, {}), Arm("scratch"), 1.0, 0)
+
+
+def test_paired_statistics():
+    from learngene_tools.evaluation.stats import holm, paired, sign_flip_p, t975
+
+    assert sign_flip_p([1.0] * 5) == 2 / 32 and sign_flip_p([1.0] * 6) == 2 / 64
+    assert sign_flip_p([1.0, -1.0]) == 1.0
+    assert sign_flip_p([3.0, 1.0, -1.0]) == 0.75  # 6 of the 8 sign patterns give |sum| >= 3
+    assert sign_flip_p([0.5] * 25) < 1e-4  # the Monte Carlo branch
+    p = paired([1.0, 2.0, 3.0])
+    assert p["delta_mean"] == 2.0 and p["ci95"] == pytest.approx([2 - 4.303 / 3 ** 0.5, 2 + 4.303 / 3 ** 0.5], abs=1e-3)
+    assert paired([1.5]) == {"delta_mean": 1.5, "ci95": None, "p_value": None, "n": 1}
+    assert holm([0.01, 0.04, None, 0.03]) == [0.03, 0.06, None, 0.06]
+    assert t975(2) == 4.303 and abs(t975(60) - 2.000) < 2e-3 and abs(t975(120) - 1.980) < 2e-3

@@ -370,7 +370,8 @@ def evaluate(inputs: Inputs) -> None:
                           name=cmd.name, resume=cmd.resume, force=cmd.force, trust_pickle=cmd.trust_pickle,
                           progress=progress, command=shlex.join(["lgt", *sys.argv[1:]]))
     if inputs.as_json:
-        render.print_json({k: record[k] for k in ("settings", "arms", "data", "environment", "summary", "outputs")})
+        render.print_json({k: record[k] for k in ("settings", "arms", "data", "environment", "lr_choice", "summary",
+                                                  "comparisons", "outputs")})
     elif inputs.quiet:
         out.print(record["outputs"]["md"], soft_wrap=True)
     else:

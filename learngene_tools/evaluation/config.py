@@ -8,8 +8,10 @@ from typing import Any
 
 from learngene_tools.errors import SettingsError
 from learngene_tools.settings import setting, to_json
+from learngene_tools.transplantation.config import CONTROLS
 
 BN_MODES = ("transfer", "target", "reestimate")
+ARM_KINDS = ("scratch", "clkg", "random-matched", "shuffled")  # the initialisations --arms can compare
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -34,11 +36,22 @@ class EvaluationSettings:
     seeds: int = setting(3, "Seeds per cell (0..N-1): each seed fixes the init, the data order and augmentation, "
                             "shared by every initialisation.")
     fractions: tuple[float, ...] = setting((1.0, 0.1), "Shares of the training images to fine-tune on.")
-    epochs: int = setting(10, "Epochs (passes over each fraction's images).")
+    arms: tuple[str, ...] = setting(("scratch", "clkg"), "Initialisations compared: scratch, clkg (the learngene), "
+                                                         "random-matched and shuffled (controls: the same plan with "
+                                                         "each transplanted filter's values replaced by random ones "
+                                                         "of its norm, or permuted).", metavar="ARM[,ARM]")
+    epochs: int = setting(10, "Epochs (passes over each fraction's images; with --steps, the number of equal "
+                              "parts of the step budget, each followed by validation).")
+    steps: int | None = setting(None, "Optimiser steps per run, the same for every fraction (small fractions repeat "
+                                      "their images to reach it), so data and steps are not confounded.")
     min_steps: int = setting(0, "At least this many optimiser steps per run: an epoch of a small fraction then "
                                 "passes over its images several times (0: one pass per epoch).")
     batch_size: int = setting(128, "Batch size.")
     lr: float = setting(0.05, "Peak SGD learning rate (momentum 0.9, Nesterov, cosine decay per step).")
+    lr_grid: tuple[float, ...] | None = setting(None, "Learning rates to try for every arm: each arm keeps, per "
+                                                      "fraction, the rate with the best mean final validation "
+                                                      "accuracy, and only that rate is measured on test "
+                                                      "(overrides --lr).", metavar="LR[,LR]")
     weight_decay: float = setting(5e-4, "SGD weight decay.")
     augment: bool = setting(True, "Random translation (size/8 px) and horizontal flip.")
     bn: tuple[str, ...] = setting(("transfer",), "BatchNorm of transplanted convs: transfer (the learngene's), target "
@@ -58,6 +71,17 @@ class EvaluationSettings:
     jobs: int = setting(1, "Runs in parallel (processes; on one GPU when the models are small).", recipe=False)
 
     def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < self.epochs:
+            raise SettingsError(f"--steps must be at least --epochs ({self.epochs}; got {self.steps})")
+        if self.steps is not None and self.min_steps:
+            raise SettingsError("give --steps (a fixed budget) or --min-steps (a floor), not both")
+        if self.lr_grid is not None and (not self.lr_grid or any(not (lr > 0) for lr in self.lr_grid)
+                                         or len(set(self.lr_grid)) != len(self.lr_grid)):
+            raise SettingsError(f"--lr-grid takes distinct rates > 0, e.g. 0.02,0.05,0.1 (got {list(self.lr_grid)})")
+        bad_arms = [a for a in self.arms if a not in ARM_KINDS]
+        if not self.arms or bad_arms or len(set(self.arms)) != len(self.arms) or "scratch" not in self.arms:
+            raise SettingsError(f"--arms takes scratch and any of {', '.join(ARM_KINDS[1:])}, comma-separated, each "
+                                f"once (got {','.join(self.arms)})")
         if self.min_steps < 0:
             raise SettingsError(f"--min-steps must be >= 0 (got {self.min_steps})")
         if self.seeds < 1 or self.epochs < 1 or self.batch_size < 1 or self.bn_batches < 1 or self.jobs < 1:
@@ -78,6 +102,11 @@ class EvaluationSettings:
         if self.img_size is not None and self.img_size < 8:
             raise SettingsError(f"--img-size must be at least 8 (got {self.img_size})")
 
+    @property
+    def learning_rates(self) -> tuple[float, ...]:
+        """The rates every arm is trained with: the grid, or --lr alone."""
+        return self.lr_grid or (self.lr,)
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form (for the record)."""
         return to_json(self)
@@ -93,10 +122,14 @@ class Arm:
     rescale: bool = False
     stages: tuple[int, ...] | None = None
     kd: bool = False
+    control: str | None = None  # "random-matched" | "shuffled": the learngene's plan with its values replaced
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
             raise SettingsError(f"arm {self.name}: bn must be one of {', '.join(BN_MODES)} (got {self.bn!r})")
+        if self.control is not None and (self.control not in CONTROLS or self.bundle is None):
+            raise SettingsError(f"arm {self.name}: a control ({', '.join(CONTROLS)}) needs a bundle "
+                                f"(got control {self.control!r})")
 
     @property
     def is_scratch(self) -> bool:
@@ -106,15 +139,18 @@ class Arm:
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (what identifies the arm's runs, besides the bundle's content)."""
         return {"name": self.name, "bundle": None if self.bundle is None else str(self.bundle), "bn": self.bn,
-                "rescale": self.rescale, "stages": None if self.stages is None else list(self.stages), "kd": self.kd}
+                "rescale": self.rescale, "stages": None if self.stages is None else list(self.stages), "kd": self.kd,
+                "control": self.control}
 
 
 def default_arms(bundle: str | Path, settings: EvaluationSettings, teacher: bool = False) -> list[Arm]:
-    """What `lgt evaluate` compares: scratch, CLKG once per --bn mode, and KD when a teacher is given."""
+    """What `lgt evaluate` compares: scratch, then each of --arms once per --bn mode, and KD when a teacher is given."""
     arms = [Arm("scratch")]
-    for mode in settings.bn:
-        name = "clkg" if len(settings.bn) == 1 else f"clkg bn={mode}"
-        arms.append(Arm(name, bundle, mode, settings.rescale, settings.stages))
+    for kind in (k for k in settings.arms if k != "scratch"):
+        for mode in settings.bn:
+            name = kind if len(settings.bn) == 1 else f"{kind} bn={mode}"
+            arms.append(Arm(name, bundle, mode, settings.rescale, settings.stages,
+                            control=None if kind == "clkg" else kind))
     if teacher:
         arms.append(Arm("kd", kd=True))
     return arms

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,15 @@ import torch
 from learngene_tools import __version__
 from learngene_tools.errors import OutputError, SettingsError
 from learngene_tools.evaluation.config import Arm, EvaluationSettings, default_arms
-from learngene_tools.evaluation.runner import Context, Progress, previous_runs, run_grid
+from learngene_tools.evaluation.runner import (
+    Context,
+    Progress,
+    choose_lrs,
+    previous_runs,
+    run_grid,
+    runs_on,
+    test_kept,
+)
 
 OUTPUT_SUFFIXES = (".json", ".md", ".png")
 
@@ -38,7 +48,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run every arm x fraction x seed, then write NAME.json/.md/.png into `out_dir` (nothing when None); returns the record."""
     from learngene_tools.evaluation.data import load_task
-    from learngene_tools.evaluation.report import render, summarise
+    from learngene_tools.evaluation.report import comparisons, render, summarise
     from learngene_tools.extraction.bundle import read_bundle_header
 
     s = settings
@@ -66,10 +76,29 @@ def evaluate(
     t0 = time.perf_counter()
     data = load_task(s.data, s.img_size, s.val_fraction, s.split_seed, s.train_limit, with_test=s.test,
                      val_limit=s.val_limit, test_limit=s.test_limit)
+    grid = len(s.learning_rates) > 1 and data.test is not None  # the test waits for the learning-rate choice
+    keep_dir = None
+    if grid:
+        keep_dir = paths["json"].with_suffix(".weights") if paths is not None else Path(tempfile.mkdtemp(prefix="lgt-eval-"))
     ctx = Context(s, data, {p: str(h.provenance.get("tensor_hash", "")) for p, h in headers.items()},
-                  teacher=None if teacher is None else str(teacher), teacher_arch=teacher_arch, trust_pickle=trust_pickle)
+                  teacher=None if teacher is None else str(teacher), teacher_arch=teacher_arch, trust_pickle=trust_pickle,
+                  keep_dir=keep_dir)
     previous = previous_runs(paths["json"]) if (paths is not None and resume) else {}
+    here = runs_on(s)
+    mixed = sorted({r.get("runs_on") or f"{str(r.get('device', 'cpu')).split(':')[0]} fp32?" for r in previous.values()}
+                   - {here})
+    if mixed:
+        raise SettingsError(f"{paths['json']}: holds runs on {', '.join(mixed)}, this evaluation runs on {here}; "  # type: ignore[index]
+                            "resume it where it ran (--device, --precision), or write another --name")
     runs = run_grid(ctx, arms, paths["json"] if paths is not None else None, previous, progress, jobs=s.jobs)
+    choice = choose_lrs(runs, s)
+    for i, r in enumerate(runs):
+        chosen = choice[(r["arm"], r["fraction"])] == r.get("lr", s.lr)
+        runs[i] = r = {**r, "chosen": chosen}
+        if grid and chosen and r.get("test_acc") is None:
+            runs[i] = test_kept(ctx, next(a for a in arms if a.name == r["arm"]), r)
+    if keep_dir is not None:
+        shutil.rmtree(keep_dir, ignore_errors=True)
     from learngene_tools.evaluation.train import Device
 
     dev = Device.pick(s.device, s.precision)
@@ -92,7 +121,10 @@ def evaluate(
         },
         "runs": runs,
     }
-    record["summary"] = summarise(runs, names, list(s.fractions))
+    reported = [r for r in runs if r["chosen"]]
+    record["lr_choice"] = [{"arm": a, "fraction": f, "lr": lr} for (a, f), lr in choice.items()]
+    record["summary"] = summarise(reported, names, list(s.fractions))
+    record["comparisons"] = comparisons(reported, record["arms"], list(s.fractions))
     if paths is not None:
         import json
 

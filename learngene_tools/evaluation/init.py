@@ -78,7 +78,7 @@ def select_stages(bundle: Bundle, stages: tuple[int, ...] | None) -> Bundle:
 
 
 def transplant_into(model: nn.Module, spec: str, bundle: Bundle, seed: int, input_size: tuple[int, int, int], *,
-                    transfer_bn: bool, rescale: bool) -> Any:
+                    transfer_bn: bool, rescale: bool, control: str | None = None) -> Any:
     """Transplant `bundle` (tensors loaded) into `model` in place, as `lgt transplant` would; returns the plan."""
     from learngene_tools.io.checkpoint import checkpoint_from_state_dict
     from learngene_tools.transplantation.apply import adapted_tensors
@@ -90,7 +90,7 @@ def transplant_into(model: nn.Module, spec: str, bundle: Bundle, seed: int, inpu
     convs = trace_convs(model, input_size, ckpt.shapes)
     plan = place_layers(bundle, convs, target=spec, target_format=ckpt.fmt, wrapper=ckpt.wrapper_desc, arch=spec,
                         seed=seed, transfer_bn=transfer_bn)
-    plan = replace(plan, rescale=rescale)
+    plan = replace(plan, rescale=rescale, control=control)
     updates = adapted_tensors(plan, bundle, ckpt)
     result = model.load_state_dict(updates, strict=False)
     if result.unexpected_keys:

@@ -1,9 +1,10 @@
-"""What an evaluation says: per-cell statistics, a Markdown table and a PNG of accuracy per epoch.
+"""What an evaluation says: per-cell statistics, the paired comparisons, a Markdown report and a PNG per epoch.
 
 Every comparison is paired: an arm's run is compared with the scratch run of the same seed and
 fraction (same init of everything the plan does not touch, same batches, same augmentation),
-so Δ is the mean of per-seed differences and its standard error is their standard deviation
-over sqrt(seeds).
+so Δ is the mean of per-seed differences. Each comparison has its 95 % interval, an exact
+sign-flip p-value and Holm's correction across the report (`evaluation/stats.py`); a control arm
+is also compared with its CLKG arm: that difference is what the learngene's knowledge adds.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from typing import Any
 SCRATCH = "scratch"
 
 
-def _mean_sd(xs: list[float]) -> tuple[float, float]:
-    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+def _mean_sd(xs: list[float]) -> tuple[float, float | None]:
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else None
 
 
-def _se(xs: list[float]) -> float:
-    return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
+def _se(xs: list[float]) -> float | None:
+    return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
 
 
 def epochs_to_reach(curve: list[float], target: float) -> int | None:
@@ -63,16 +64,70 @@ def summarise(runs: list[dict[str, Any]], arms: list[str], fractions: list[float
     return out
 
 
+def comparisons(runs: list[dict[str, Any]], arms: list[dict[str, Any]], fractions: list[float]) -> list[dict[str, Any]]:
+    """Every paired comparison of a report, per fraction and metric (final validation, test when measured):
+    each arm against scratch, and each control against its CLKG arm (the knowledge effect); Holm-corrected
+    within each metric over all the report's comparisons."""
+    from learngene_tools.evaluation.stats import correct, paired
+
+    pairs = [(a["name"], SCRATCH, "against scratch") for a in arms if a["name"] != SCRATCH]
+    for c in (a for a in arms if a.get("control")):
+        base = next((a for a in arms if not a.get("control") and not a["kd"] and a["bundle"] is not None
+                     and all(a[k] == c[k] for k in ("bundle", "bn", "rescale", "stages"))), None)
+        if base is not None:
+            pairs.append((base["name"], c["name"], "knowledge (CLKG against its control)"))
+    by = {(r["arm"], r["fraction"], r["seed"]): r for r in runs}
+    metrics = {"val": lambda r: r["val_acc"][-1], "test": lambda r: r.get("test_acc")}
+    out: list[dict[str, Any]] = []
+    for metric, get in metrics.items():
+        rows = []
+        for f in fractions:
+            for arm, against, kind in pairs:
+                seeds = sorted(sd for (a, fr, sd) in by if a == arm and fr == f and (against, f, sd) in by)
+                diffs = [get(by[(arm, f, sd)]) - get(by[(against, f, sd)]) for sd in seeds  # type: ignore[operator]
+                         if get(by[(arm, f, sd)]) is not None and get(by[(against, f, sd)]) is not None]
+                if diffs:
+                    rows.append({"fraction": f, "arm": arm, "against": against, "kind": kind, "metric": metric,
+                                 **paired(diffs)})
+        out += correct(rows)
+    return out
+
+
 def _pct(f: float) -> str:
     return f"{f * 100:g} %"
 
 
-def _ms(v: tuple[float, float]) -> str:
-    return f"{v[0]:.2f} ± {v[1]:.2f}"
+def _ms(v: tuple[float, float | None]) -> str:
+    return f"{v[0]:.2f} ± {'n/a' if v[1] is None else f'{v[1]:.2f}'}"
 
 
-def _delta(v: tuple[float, float] | None) -> str:
-    return "" if v is None else f"{v[0]:+.2f} ± {v[1]:.2f}"
+def _delta(v: tuple[float, float | None] | None) -> str:
+    return "" if v is None else f"{v[0]:+.2f} ± {'n/a' if v[1] is None else f'{v[1]:.2f}'}"
+
+
+def _ci(c: dict[str, Any]) -> str:
+    return "n/a" if c["ci95"] is None else f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def comparison_lines(record: dict[str, Any]) -> list[str]:
+    """The comparisons table: Δ, 95 % interval, sign-flip p, Holm-corrected p and the verdict of each."""
+    comps = record.get("comparisons") or []
+    if not comps:
+        return []
+    lines = ["", "Paired comparisons (per seed: same init outside the plan, same batches and augmentation). Δ = mean "
+             "of per-seed differences in top-1 points; 95 % t interval; p = exact sign-flip test; p (Holm) corrected "
+             "over all comparisons of this report on the same metric; verdict: gain or harm when p (Holm) < 0.05, "
+             "else no evidence:", "",
+             "| data | metric | comparison | n | Δ | 95 % interval | p | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in comps:
+        lines.append(f"| {_pct(c['fraction'])} | {c['metric']} | {c['arm']} − {c['against']} | {c['n']} | "
+                     f"{c['delta_mean']:+.2f} | {_ci(c)} | {_p(c['p_value'])} | {_p(c['p_holm'])} | {c['verdict']} |")
+    return lines
 
 
 def markdown(record: dict[str, Any], title: str) -> str:
@@ -87,10 +142,10 @@ def markdown(record: dict[str, Any], title: str) -> str:
     env = record["environment"]
     lines += [
         f"Descendant `{s['arch']}`; data `{info['data']}` ({info['format']}, {info['split']}): {info['train']} training "
-        f"images = 100 %, {info['val']} validation, {info['test']} test; {s['epochs']} epochs, batch {s['batch_size']}, "
-        f"SGD lr {s['lr']:g} cosine, wd {s['weight_decay']:g}, augmentation {'on' if s['augment'] else 'off'}; "
-        f"{s['seeds']} seeds. Ran on {env['device']} ({env['threads']} threads, {env['jobs']} job(s), torch "
-        f"{env['torch']}) in {env['minutes']:.1f} min.", "",
+        f"images = 100 %, {info['val']} validation, {info['test']} test; {_budget_text(s)}, batch {s['batch_size']}, "
+        f"SGD lr {_lr_text(s)} cosine, wd {s['weight_decay']:g}, augmentation {'on' if s['augment'] else 'off'}; "
+        f"{s['seeds']} seed{'s' if s['seeds'] != 1 else ''}. Ran on {env['device']} in {env.get('precision', 'fp32')} "
+        f"({env['threads']} threads, {env['jobs']} job(s), torch {env['torch']}) in {env['minutes']:.1f} min.", "",
         "Arms: " + "; ".join(f"**{a['name']}**" + (f" = {_arm_text(a)}" if _arm_text(a) else "") for a in record["arms"]),
         "",
         "Validation top-1 (%) after the last epoch, mean ± std over seeds:", "",
@@ -117,6 +172,14 @@ def markdown(record: dict[str, Any], title: str) -> str:
                 test = f"{_delta(c.get('delta_test_final'))} | " if has_test else ""
                 lines.append(f"| {_pct(f)} | {a} | {_delta(c['delta_val_epoch1'])} | {_delta(c['delta_val_final'])} | "
                              f"{test}{reach} |")
+    lines += comparison_lines(record)
+    if record.get("lr_choice") and len((s.get("lr_grid") or [])) > 1:
+        lines += ["", "Learning rate kept per arm and data (best mean final validation accuracy of the grid "
+                  f"{', '.join(f'{x:g}' for x in s['lr_grid'])}; only these runs are reported and measured on test):", "",
+                  "| data | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+        lrs = {(c["fraction"], c["arm"]): c["lr"] for c in record["lr_choice"]}
+        for f in fractions:
+            lines.append(f"| {_pct(f)} | " + " | ".join(f"{lrs[(f, a)]:g}" if (f, a) in lrs else "" for a in arms) + " |")
     if any("test_final" in c for c in cells):
         lines += ["", "Test top-1 (%) of the final models, mean ± std over seeds:", "",
                   "| data | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
@@ -126,13 +189,27 @@ def markdown(record: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _budget_text(s: dict[str, Any]) -> str:
+    if s.get("steps"):
+        return f"{s['steps']} optimiser steps for every fraction, validated {s['epochs']} times"
+    floor = f" (at least {s['min_steps']} steps)" if s.get("min_steps") else ""
+    return f"{s['epochs']} epochs{floor}"
+
+
+def _lr_text(s: dict[str, Any]) -> str:
+    grid = s.get("lr_grid")
+    return f"{s['lr']:g}" if not grid else f"lr chosen per arm and data on validation from {', '.join(f'{x:g}' for x in grid)}"
+
+
 def _arm_text(a: dict[str, Any]) -> str:
     if a["kd"]:
         return "scratch init, trained with CE + feature distillation from the teacher"
     if a["bundle"] is None:
         return ""
     stages = "all stages" if a["stages"] is None else "stages " + ",".join(map(str, a["stages"]))
-    return f"`{Path(a['bundle']).name}`, {stages}, BN {a['bn']}" + (", rescaled" if a["rescale"] else "")
+    control = {"random-matched": ", control: each filter random with its norm",
+               "shuffled": ", control: each filter's values permuted"}.get(a.get("control") or "", "")
+    return f"`{Path(a['bundle']).name}`, {stages}, BN {a['bn']}" + (", rescaled" if a["rescale"] else "") + control
 
 
 def plot(record: dict[str, Any], path: Path, title: str) -> None:
@@ -145,10 +222,15 @@ def plot(record: dict[str, Any], path: Path, title: str) -> None:
 
     fractions = record["settings"]["fractions"]
     arms = [a["name"] for a in record["arms"]]
-    fig, axes = plt.subplots(1, len(fractions), figsize=(5.2 * len(fractions), 3.9), squeeze=False)
+    import textwrap
+
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(1, len(fractions), figsize=(5.2 * len(fractions), 4.2), squeeze=False)
     for ax, f in zip(axes[0], fractions):
         for i, arm in enumerate(arms):
-            curves = [r["val_acc"] for r in record["runs"] if r["arm"] == arm and r["fraction"] == f]
+            curves = [r["val_acc"] for r in record["runs"]
+                      if r["arm"] == arm and r["fraction"] == f and r.get("chosen", True)]
             if not curves:
                 continue
             epochs = range(1, len(curves[0]) + 1)
@@ -163,9 +245,11 @@ def plot(record: dict[str, Any], path: Path, title: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation top-1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles + [Patch(color="grey", alpha=0.2, label="band: ± 1 std over seeds")], fontsize=7)
+    width_chars = int(5.2 * len(fractions) * 13)
+    fig.suptitle("\n".join(textwrap.wrap(title, width_chars)), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if len(title) <= width_chars else 0.92))
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,10 @@ from learngene_tools.evaluation.train import Device, Schedule, accuracy, fine_tu
 
 Progress = Callable[[dict[str, Any]], None]
 
-# settings that decide a run's numbers (device, precision aside, and jobs do not enter the run key)
-_KEYED = ("arch", "data", "img_size", "val_fraction", "split_seed", "train_limit", "val_limit", "test", "test_limit", "epochs", "min_steps", "batch_size", "lr",
-          "weight_decay", "augment", "bn_batches", "kd_weight", "teacher_arch")
+# settings that decide a run's numbers besides its learning rate, device and precision (jobs does not)
+_KEYED = ("arch", "data", "img_size", "val_fraction", "split_seed", "train_limit", "val_limit", "test", "test_limit",
+          "epochs", "steps", "min_steps", "batch_size", "weight_decay", "augment", "bn_batches", "kd_weight",
+          "teacher_arch")
 
 
 @dataclass(frozen=True)
@@ -40,16 +42,25 @@ class Context:
     teacher: str | None = None
     teacher_arch: str | None = None
     trust_pickle: bool = False
+    keep_dir: Path | None = None  # with a learning-rate grid: final weights wait here for the chosen runs' test
 
 
-def run_key(ctx: Context, arm: Arm, fraction: float, seed: int) -> str:
-    """What identifies a run's result: the settings that decide it, the arm (bundle by content), fraction, seed."""
+def run_key(ctx: Context, arm: Arm, fraction: float, seed: int, lr: float | None = None) -> str:
+    """What identifies a run's result: the settings that decide it, the arm (bundle by content), fraction, seed,
+    learning rate, and the device type and precision it runs in."""
     arm_desc = {**arm.describe(), "name": None,
                 "bundle": ctx.bundle_hashes.get(str(arm.bundle)) if arm.bundle is not None else None,
                 "teacher": ctx.teacher if arm.kd else None}
-    blob = json.dumps({"settings": {k: getattr(ctx.settings, k) for k in _KEYED}, "arm": arm_desc,
-                       "fraction": fraction, "seed": seed}, sort_keys=True, default=str)
+    blob = json.dumps({"settings": {**{k: getattr(ctx.settings, k) for k in _KEYED}, "lr": lr or ctx.settings.lr}, "arm": arm_desc,
+                       "fraction": fraction, "seed": seed, "runs_on": runs_on(ctx.settings)},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def runs_on(s: EvaluationSettings) -> str:
+    """Device type and precision of an evaluation's runs, e.g. 'cpu fp32' or 'cuda bf16'."""
+    dev = Device.pick(s.device, s.precision)
+    return f"{dev.device.type} {'bf16' if dev.bf16 else 'fp32'}"
 
 
 _BUNDLES: dict[str, Any] = {}
@@ -63,8 +74,13 @@ def _bundle(path: str) -> Any:
     return _BUNDLES[path]
 
 
-def run_one(ctx: Context, arm: Arm, fraction: float, seed: int, on_epoch: Progress | None = None) -> dict[str, Any]:
-    """Build the arm's initialisation for `seed`, fine-tune it on the fraction's images, and measure it."""
+def run_one(ctx: Context, arm: Arm, fraction: float, seed: int, lr: float | None = None,
+            on_epoch: Progress | None = None, keep_dir: Path | None = None) -> dict[str, Any]:
+    """Build the arm's initialisation for `seed`, fine-tune it on the fraction's images, and measure it.
+
+    With `keep_dir` the test split is not touched: the final weights are kept there (KEY.pt) for `test_kept`,
+    which measures only the runs a learning-rate choice keeps.
+    """
     from learngene_tools.evaluation.init import (
         build_descendant,
         check_outputs,
@@ -77,6 +93,7 @@ def run_one(ctx: Context, arm: Arm, fraction: float, seed: int, on_epoch: Progre
     from learngene_tools.evaluation.train import to_model_input
 
     s, data = ctx.settings, ctx.data
+    lr = lr or s.lr
     t0 = time.perf_counter()
     dev = Device.pick(s.device, s.precision)
     num_classes, (h, w) = len(data.classes), data.size
@@ -92,7 +109,7 @@ def run_one(ctx: Context, arm: Arm, fraction: float, seed: int, on_epoch: Progre
     if arm.bundle is not None:
         bundle = select_stages(_bundle(str(arm.bundle)), arm.stages)
         plan = transplant_into(model, s.arch, bundle, seed, (in_chans, h, w),  # type: ignore[arg-type]
-                               transfer_bn=arm.bn != "target", rescale=arm.rescale)
+                               transfer_bn=arm.bn != "target", rescale=arm.rescale, control=arm.control)
         plan_info = {"layers_placed": len(plan.placed), "layers": len(plan.assignments),
                      "params_initialised": plan.params_initialised,
                      "targets": {a.layer: a.target for a in plan.placed}}
@@ -110,12 +127,18 @@ def run_one(ctx: Context, arm: Arm, fraction: float, seed: int, on_epoch: Progre
                                           in_chans))
                    for i in range(0, min(len(train), s.bn_batches * s.batch_size), s.batch_size)]
         reestimate_bn(model, transplanted_bns(model, plan), batches)
-    schedule = Schedule(s.epochs, s.batch_size, s.lr, s.weight_decay, s.augment, s.min_steps)
+    schedule = Schedule(s.epochs, s.batch_size, lr, s.weight_decay, s.augment, s.min_steps, s.steps)
     curve = fine_tune(model, train, data.val, schedule, seed, dev, mean, std, in_chans, kd=kd, kd_weight=s.kd_weight,
                       on_epoch=on_epoch)
-    test = accuracy(model, data.test, mean, std, dev, in_chans) if data.test is not None else None
+    key = run_key(ctx, arm, fraction, seed, lr)
+    test = None
+    if data.test is not None and keep_dir is None:
+        test = accuracy(model, data.test, mean, std, dev, in_chans)
+    elif data.test is not None:
+        keep_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, keep_dir / f"{key}.pt")  # type: ignore[operator]
     return {
-        "arm": arm.name, "fraction": fraction, "seed": seed, "key": run_key(ctx, arm, fraction, seed),
+        "arm": arm.name, "fraction": fraction, "seed": seed, "lr": lr, "key": key, "runs_on": runs_on(s),
         "train_images": len(train), "steps": schedule.epochs * schedule.steps_per_epoch(len(train)),
         "val_acc": [round(r["val_acc"], 4) for r in curve], "val_loss": [round(r["val_loss"], 5) for r in curve],
         "train_loss": [round(r["train_loss"], 5) for r in curve],
@@ -129,6 +152,8 @@ def run_one(ctx: Context, arm: Arm, fraction: float, seed: int, on_epoch: Progre
 _CTX: Context | None = None
 _QUEUE: Any = None
 
+Job = tuple[Arm, float, int, float]  # arm, fraction, seed, learning rate
+
 
 def _init_worker(ctx: Context, events: Any, threads: int) -> None:
     global _CTX, _QUEUE
@@ -137,61 +162,65 @@ def _init_worker(ctx: Context, events: Any, threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _work(arm: Arm, fraction: float, seed: int) -> dict[str, Any]:
+def _work(arm: Arm, fraction: float, seed: int, lr: float) -> dict[str, Any]:
     assert _CTX is not None
-    label = run_label(arm, fraction, seed)
+    label = run_label(_CTX, arm, fraction, seed, lr)
 
     def on_epoch(r: dict[str, Any]) -> None:
         _QUEUE.put({"kind": "epoch", "run": label, "epochs": _CTX.settings.epochs, **r})  # type: ignore[union-attr]
 
-    return run_one(_CTX, arm, fraction, seed, on_epoch)
+    return run_one(_CTX, arm, fraction, seed, lr, on_epoch, keep_dir=_CTX.keep_dir)
 
 
-def run_label(arm: Arm, fraction: float, seed: int) -> str:
-    """How progress lines name a run."""
-    return f"{arm.name} {fraction * 100:g}% seed {seed}"
+def run_label(ctx: Context, arm: Arm, fraction: float, seed: int, lr: float) -> str:
+    """How progress lines name a run (its learning rate when there is a grid)."""
+    grid = f" lr {lr:g}" if len(ctx.settings.learning_rates) > 1 else ""
+    return f"{arm.name} {fraction * 100:g}% seed {seed}{grid}"
 
 
 def run_grid(ctx: Context, arms: list[Arm], record_path: Path | None, previous: dict[str, dict[str, Any]],
              progress: Progress | None = None, jobs: int = 1) -> list[dict[str, Any]]:
-    """Every (arm, fraction, seed) run, reusing `previous` results by key; `record_path` gets the runs after each."""
+    """Every (arm, fraction, seed, lr) run, reusing `previous` results by key; `record_path` gets the runs after each."""
     s = ctx.settings
-    grid = [(arm, f, seed) for f in s.fractions for seed in range(s.seeds) for arm in arms]
+    grid: list[Job] = [(arm, f, seed, lr) for f in s.fractions for seed in range(s.seeds) for lr in s.learning_rates
+                       for arm in arms]
     emit = progress or (lambda _e: None)
     emit({"kind": "start", "runs": len(grid), "epochs": s.epochs, "reused": sum(
-        run_key(ctx, a, f, sd) in previous for a, f, sd in grid)})
-    results: dict[tuple[str, float, int], dict[str, Any]] = {}
-    todo = []
-    for arm, f, seed in grid:
-        old = previous.get(run_key(ctx, arm, f, seed))
+        run_key(ctx, *job) in previous for job in grid)})
+    results: dict[tuple[str, float, int, float], dict[str, Any]] = {}
+    todo: list[Job] = []
+    for job in grid:
+        arm, f, seed, lr = job
+        old = previous.get(run_key(ctx, *job))
         if old is not None:
-            results[(arm.name, f, seed)] = {**old, "arm": arm.name}
-            emit({"kind": "run", "run": run_label(arm, f, seed), "reused": True, **_brief(old)})
+            results[(arm.name, f, seed, lr)] = {**old, "arm": arm.name}
+            emit({"kind": "run", "run": run_label(ctx, *job), "reused": True, **_brief(old)})
         else:
-            todo.append((arm, f, seed))
+            todo.append(job)
 
-    def done(arm: Arm, f: float, seed: int, r: dict[str, Any]) -> None:
-        results[(arm.name, f, seed)] = r
+    def done(arm: Arm, f: float, seed: int, lr: float, r: dict[str, Any]) -> None:
+        results[(arm.name, f, seed, lr)] = r
         if record_path is not None:
             _save_runs(record_path, list(results.values()))
-        emit({"kind": "run", "run": run_label(arm, f, seed), "reused": False, **_brief(r)})
+        emit({"kind": "run", "run": run_label(ctx, arm, f, seed, lr), "reused": False, **_brief(r)})
 
     if jobs <= 1 or len(todo) <= 1:
-        for arm, f, seed in todo:
-            label = run_label(arm, f, seed)
-            r = run_one(ctx, arm, f, seed, lambda e, label=label: emit({"kind": "epoch", "run": label, "epochs": s.epochs, **e}))
-            done(arm, f, seed, r)
+        for job in todo:
+            label = run_label(ctx, *job)
+            r = run_one(ctx, *job, lambda e, label=label: emit({"kind": "epoch", "run": label, "epochs": s.epochs, **e}),
+                        keep_dir=ctx.keep_dir)
+            done(*job, r)
     else:
         _run_parallel(ctx, todo, jobs, emit, done)
-    return [results[(a.name, f, sd)] for a, f, sd in grid]
+    return [results[(a.name, f, sd, lr)] for a, f, sd, lr in grid]
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:
     return {"val_acc": r["val_acc"][-1], "test_acc": r.get("test_acc"), "seconds": r.get("seconds")}
 
 
-def _run_parallel(ctx: Context, todo: list[tuple[Arm, float, int]], jobs: int, emit: Progress,
-                  done: Callable[[Arm, float, int, dict[str, Any]], None]) -> None:
+def _run_parallel(ctx: Context, todo: list[Job], jobs: int, emit: Progress,
+                  done: Callable[[Arm, float, int, float, dict[str, Any]], None]) -> None:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     import torch.multiprocessing as tmp
@@ -236,3 +265,40 @@ def previous_runs(path: Path) -> dict[str, dict[str, Any]]:
     except (OSError, ValueError):
         return {}
     return {r["key"]: r for r in record.get("runs", []) if isinstance(r, dict) and "key" in r}
+
+
+def test_kept(ctx: Context, arm: Arm, run: dict[str, Any]) -> dict[str, Any]:
+    """The run with its test accuracy, measured on the final weights `run_one` kept (the test split's one use)."""
+    from learngene_tools.evaluation.init import build_descendant, first_conv
+    from learngene_tools.evaluation.train import Device, accuracy
+
+    s, data = ctx.settings, ctx.data
+    assert ctx.keep_dir is not None and data.test is not None
+    path = ctx.keep_dir / f"{run['key']}.pt"
+    if not path.is_file():  # kept weights lost (e.g. removed between resumes): train the run again, with its test
+        return {**run_one(ctx, arm, run["fraction"], run["seed"], run["lr"]), "arm": arm.name}
+    dev = Device.pick(s.device, s.precision)
+    model = build_descendant(s.arch, run["seed"], data.channels, len(data.classes))  # type: ignore[arg-type]
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model = model.to(dev.device, memory_format=torch.channels_last if dev.channels_last else torch.preserve_format)
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1).to(dev.device)
+    std = torch.tensor(data.std).view(1, -1, 1, 1).to(dev.device)
+    acc, loss = accuracy(model, data.test, mean, std, dev, first_conv(model).in_channels)
+    return {**run, "test_acc": round(acc, 4), "test_loss": round(loss, 5)}
+
+
+def choose_lrs(runs: list[dict[str, Any]], settings: EvaluationSettings) -> dict[tuple[str, float], float]:
+    """Per (arm, fraction): the learning rate with the best mean final validation accuracy over seeds (ties: the
+    first in the grid)."""
+    by: dict[tuple[str, float, float], list[float]] = {}
+    for r in runs:
+        by.setdefault((r["arm"], r["fraction"], r.get("lr", settings.lr)), []).append(r["val_acc"][-1])
+    choice: dict[tuple[str, float], float] = {}
+    for lr in settings.learning_rates:
+        for (arm, f, run_lr), accs in by.items():
+            if run_lr != lr:
+                continue
+            best = choice.get((arm, f))
+            if best is None or statistics.mean(accs) > statistics.mean(by[(arm, f, best)]):
+                choice[(arm, f)] = lr
+    return choice

@@ -31,9 +31,12 @@ class Schedule:
     weight_decay: float
     augment: bool = True
     min_steps: int = 0
+    steps: int | None = None  # a fixed budget: every fraction gets it, in `epochs` equal parts
 
     def steps_per_epoch(self, n: int) -> int:
-        """Optimiser steps in one epoch over n images: one pass, or more when `min_steps` asks for more."""
+        """Optimiser steps between validations: the budget's share, or one pass (more when `min_steps` asks)."""
+        if self.steps is not None:
+            return math.ceil(self.steps / self.epochs)
         return max(steps_per_epoch(n, self.batch_size), math.ceil(self.min_steps / self.epochs))
 
 
