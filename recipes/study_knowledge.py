@@ -1,0 +1,197 @@
+"""Is it the knowledge? The pre-registered control-arm study (results/study_knowledge_plan.md).
+
+    python recipes/study_knowledge.py run --work W [--part A|B]   # the runs (resumable), as lgt evaluate calls
+    python recipes/study_knowledge.py report                      # results/study_knowledge.md from the records
+
+Part A compares scratch, CLKG and its two controls (random-matched, shuffled) for the shipped `lgt:default`
+in a VGG- and a ResNet-layout descendant; part B does CLKG and random-matched for two more learngenes
+(distilled by `compare_fashion_mnist.py learngenes`). Needs: apt-get install dataset-fashion-mnist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learngene_tools import api
+from learngene_tools.evaluation.config import Arm, EvaluationSettings
+from learngene_tools.evaluation.stats import correct, paired
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+RESULTS = Path(__file__).parent / "results"
+SETTINGS = EvaluationSettings(
+    data=FMNIST, val_fraction=0.05, split_seed=0, train_limit=1600, val_limit=1000, test=True, test_limit=2000,
+    seeds=6, fractions=(1.0, 0.1), epochs=2, steps=100, batch_size=32, lr_grid=(0.02, 0.1), weight_decay=5e-4,
+    augment=True, device="cpu", precision="fp32", jobs=2, arms=("scratch", "clkg", "random-matched", "shuffled"),
+)
+LAYOUTS = ("small_vgg", "small_resnet")
+PART_B = ("mnv2-fmnist-short", "effl0-fmnist-short")
+
+
+def records() -> dict[str, Path]:
+    """Record name -> path of every evaluation of the study."""
+    names = [f"study_knowledge_A_{layout}" for layout in LAYOUTS] + ["study_knowledge_B"]
+    return {n: RESULTS / f"{n}.json" for n in names}
+
+
+def command(bundle: str, s: EvaluationSettings, name: str) -> str:
+    """The `lgt evaluate` command a part-A evaluation equals."""
+    return shlex.join([
+        "lgt", "evaluate", bundle, "--arch", str(s.arch), "--data", str(s.data), "--val-fraction", f"{s.val_fraction:g}",
+        "--split-seed", str(s.split_seed), "--train-limit", str(s.train_limit), "--val-limit", str(s.val_limit),
+        "--test-limit", str(s.test_limit), "--seeds", str(s.seeds), "--fractions", ",".join(f"{f:g}" for f in s.fractions),
+        "--epochs", str(s.epochs), "--steps", str(s.steps), "--batch-size", str(s.batch_size),
+        "--lr-grid", ",".join(f"{x:g}" for x in s.lr_grid or ()), "--arms", ",".join(s.arms), "--device", "cpu",
+        "--precision", "fp32", "--jobs", str(s.jobs), "-o", "recipes/results", "--name", name, "--resume"])
+
+
+def run(work: Path, part: str | None) -> None:
+    """Parts A then B (or one of them), each resumable from its record."""
+    from rich.console import Console
+
+    from learngene_tools.evaluation.progress import progress_printer
+
+    torch.set_num_threads(2)
+    progress = progress_printer(Console(stderr=True), plain=True)
+    if part in (None, "A"):
+        for layout in LAYOUTS:
+            s = replace(SETTINGS, arch=f"learngene_tools.descendants:{layout}")
+            name = f"study_knowledge_A_{layout}"
+            t0 = time.time()
+            api.evaluate("lgt:default", s, out_dir=RESULTS, name=name, resume=True, progress=progress,
+                         command=command("lgt:default", s, name))
+            print(f"[{name}] {(time.time() - t0) / 60:.1f} min", flush=True)
+    if part in (None, "B"):
+        s = replace(SETTINGS, arch="learngene_tools.descendants:small_vgg", fractions=(0.1,))
+        arms = [Arm("scratch")]
+        for name in PART_B:
+            bundle = work / f"learngene_{name}.safetensors"
+            arms += [Arm(f"{name} clkg", bundle), Arm(f"{name} random-matched", bundle, control="random-matched")]
+        t0 = time.time()
+        api.evaluate(None, s, arms=arms, out_dir=RESULTS, name="study_knowledge_B", resume=True, progress=progress,
+                     command="python recipes/study_knowledge.py run --part B")
+        print(f"[study_knowledge_B] {(time.time() - t0) / 60:.1f} min", flush=True)
+
+
+def _diffs(rec: dict[str, Any], arm: str, against: str, fraction: float, metric: str) -> list[float]:
+    """Per-seed differences arm − against of the chosen runs (test or final validation top-1)."""
+    get = (lambda r: r["test_acc"]) if metric == "test" else (lambda r: r["val_acc"][-1])
+    by = {(r["arm"], r["seed"]): r for r in rec["runs"] if r["fraction"] == fraction and r.get("chosen", True)}
+    seeds = sorted(sd for (a, sd) in by if a == arm and (against, sd) in by)
+    return [get(by[(arm, sd)]) - get(by[(against, sd)]) for sd in seeds]
+
+
+def _family(cells: list[tuple[str, dict[str, Any], float]], arm: str, against: str, metric: str) -> list[dict[str, Any]]:
+    """One comparison over cells (label, record, fraction): per cell Holm-corrected over the cells, then pooled."""
+    rows = [{"cell": label, "fraction": f, "arm": arm, "against": against, "metric": metric,
+             **paired(_diffs(rec, arm, against, f, metric))} for label, rec, f in cells]
+    rows = [r for r in rows if r["n"]]
+    pooled = [d for label, rec, f in cells for d in _diffs(rec, arm, against, f, metric)]
+    out = correct(rows)
+    if pooled and len(rows) > 1:
+        p = paired(pooled)
+        out.append({"cell": "pooled", "fraction": None, "arm": arm, "against": against, "metric": metric, **p,
+                    "p_holm": p["p_value"], "verdict": correct([{**p}])[0]["verdict"]})
+    return out
+
+
+def _table(rows: list[dict[str, Any]], title: str) -> list[str]:
+    lines = [f"**{title}**", "", "| cell | n | Δ (points) | 95 % interval | p | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = "n/a" if r["ci95"] is None else f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]"
+        p = lambda v: "n/a" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")  # noqa: E731
+        lines.append(f"| {r['cell']} | {r['n']} | {r['delta_mean']:+.2f} | {ci} | {p(r['p_value'])} | "
+                     f"{p(r['p_holm'])} | {r['verdict']} |")
+    return lines + [""]
+
+
+def analyse() -> dict[str, Any]:
+    """The plan's analysis over the records that exist: families per metric, and the accuracies per cell."""
+    recs = {n: json.loads(p.read_text()) for n, p in records().items() if p.is_file()}
+    cells_a = [(f"{n.removeprefix('study_knowledge_A_')} {f * 100:g} %", rec, f)
+               for n, rec in recs.items() if n.startswith("study_knowledge_A") for f in rec["settings"]["fractions"]]
+    out: dict[str, Any] = {"A": {}, "B": {}, "accuracy": {}}
+    for metric in ("test", "val"):
+        out["A"][metric] = {
+            "K = clkg − random-matched": _family(cells_a, "clkg", "random-matched", metric),
+            "clkg − shuffled": _family(cells_a, "clkg", "shuffled", metric),
+            "G = clkg − scratch": _family(cells_a, "clkg", "scratch", metric),
+            "S = random-matched − scratch": _family(cells_a, "random-matched", "scratch", metric),
+        }
+        if "study_knowledge_B" in recs:
+            rec = recs["study_knowledge_B"]
+            rows = []
+            for name in PART_B:
+                rows += [{"cell": f"{name}: K = clkg − random-matched", "arm": f"{name} clkg",
+                          "against": f"{name} random-matched"},
+                         {"cell": f"{name}: G = clkg − scratch", "arm": f"{name} clkg", "against": "scratch"}]
+            rows = [{**r, "fraction": 0.1, "metric": metric, **paired(_diffs(rec, r["arm"], r["against"], 0.1, metric))}
+                    for r in rows]
+            out["B"][metric] = correct([r for r in rows if r["n"]])
+    for n, rec in recs.items():
+        for c in rec["summary"]:
+            out["accuracy"].setdefault(n, []).append(
+                {"fraction": c["fraction"], "arm": c["arm"], "val": c["val_final"], "test": c.get("test_final"),
+                 "seeds": c["seeds"]})
+        out.setdefault("lr_choice", {})[n] = rec.get("lr_choice")
+        out.setdefault("minutes", {})[n] = rec["environment"]["minutes"]
+    return out
+
+
+def report() -> Path:
+    """results/study_knowledge.md (and .json): the plan's analysis, every number with its interval."""
+    a = analyse()
+    (RESULTS / "study_knowledge.json").write_text(json.dumps(a, indent=1))
+    lines = ["# Is it the knowledge? Results", "",
+             "Pre-registered in `study_knowledge_plan.md`; made by `python recipes/study_knowledge.py run|report`. "
+             "Records (every run, every rate, every validation): `study_knowledge_A_small_vgg.json`, "
+             "`study_knowledge_A_small_resnet.json`, `study_knowledge_B.json`, each with its `lgt evaluate` "
+             "report (.md) and figure (.png). Δ are top-1 points on the first 2,000 test images (validation below), "
+             "paired by seed, at each arm's learning rate chosen on validation.", ""]
+    lines += ["## Part A: `lgt:default` (test top-1)", ""]
+    for title, rows in a["A"]["test"].items():
+        lines += _table(rows, title)
+    lines += ["## Part A on validation (the same comparisons, final validation top-1 on 1,000 images)", ""]
+    for title, rows in a["A"]["val"].items():
+        lines += _table(rows, title)
+    if a["B"]:
+        lines += ["## Part B: two more learngenes, `small_vgg`, 10 % (test top-1; Holm over these 4)", ""]
+        lines += _table(a["B"]["test"], "test")
+        lines += _table(a["B"]["val"], "validation")
+    lines += ["## Accuracy per cell (mean ± std over seeds, chosen rate)", "",
+              "| record | data | arm | val top-1 | test top-1 | lr kept |", "|---|---|---|---|---|---|"]
+    for n, cells in a["accuracy"].items():
+        lrs = {(c["arm"], c["fraction"]): c["lr"] for c in a["lr_choice"][n] or []}
+        for c in cells:
+            test = "" if c["test"] is None else f"{c['test'][0]:.2f} ± {c['test'][1]:.2f}"
+            lines.append(f"| {n.removeprefix('study_knowledge_')} | {c['fraction'] * 100:g} % | {c['arm']} | "
+                         f"{c['val'][0]:.2f} ± {c['val'][1]:.2f} | {test} | {lrs.get((c['arm'], c['fraction']), '')} |")
+    lines += ["", "## Wall time", "", "| record | minutes |", "|---|---|"]
+    lines += [f"| {n} | {m:.1f} |" for n, m in a["minutes"].items()]
+    out = RESULTS / "study_knowledge.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("run", "report"))
+    parser.add_argument("--work", type=Path, default=Path("lgt-fmnist-work"), help="where part B's learngenes are")
+    parser.add_argument("--part", choices=("A", "B"), default=None)
+    args = parser.parse_args()
+    if args.what == "run":
+        run(args.work, args.part)
+    else:
+        print(report().read_text())
+
+
+if __name__ == "__main__":
+    main()
