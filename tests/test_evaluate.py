@@ -61,7 +61,8 @@ def no_classes() -> nn.Module:
 
 
 TINY = EvaluationSettings(arch=SPEC, data="synthetic", img_size=16, train_limit=96, val_limit=64, test_limit=64,
-                          seeds=2, fractions=(1.0, 0.25), epochs=2, batch_size=16, lr=0.05, device="cpu")
+                          seeds=2, fractions=(1.0, 0.25), epochs=2, batch_size=16, lr=0.05, device="cpu",
+                          arms=("scratch", "clkg"))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -340,7 +341,8 @@ def test_lgt_evaluate_as_a_user_runs_it(bundle_tiny: Path, tmp_path: Path):
         assert r.returncode == 0, r.stderr
         assert "| 100 % (48 img) |" in r.stdout and "epoch 2/2" in r.stderr  # one line per epoch off a terminal
         record = json.loads((tmp_path / "out" / "evaluation.json").read_text())
-        assert record["command"].startswith("lgt evaluate") and [a["name"] for a in record["arms"]] == ["scratch", "clkg"]
+        assert record["command"].startswith("lgt evaluate")
+        assert [a["name"] for a in record["arms"]] == ["scratch", "clkg", "random-matched"]
         r = bad_bn.result()
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--bn takes transfer, target, reestimate" in r.stderr
 
@@ -472,6 +474,16 @@ def test_lr_grid_keeps_each_arms_best_rate_and_tests_only_it(bundle_tiny: Path, 
                 assert (r["test_acc"] is not None) == r["chosen"]  # the test split is touched by the chosen runs only
     assert not (tmp_path / "grid.weights").exists()  # the kept weights are gone once tested
     assert "Learning rate kept per arm" in (tmp_path / "grid.md").read_text()
+
+
+def test_default_arms_include_the_random_matched_control(bundle_tiny: Path):
+    arms = default_arms(bundle_tiny, EvaluationSettings())
+    assert [(a.name, a.control) for a in arms] == [("scratch", None), ("clkg", None),
+                                                   ("random-matched", "random-matched")]
+    arms = default_arms(bundle_tiny, EvaluationSettings(bn=("transfer", "target"), arms=("scratch", "shuffled")))
+    assert [(a.name, a.bn, a.control) for a in arms] == [("scratch", "transfer", None),
+                                                         ("shuffled bn=transfer", "transfer", "shuffled"),
+                                                         ("shuffled bn=target", "target", "shuffled")]
 
 
 def test_a_step_budget_is_the_same_for_every_fraction(bundle_tiny: Path):

@@ -36,10 +36,11 @@ class EvaluationSettings:
     seeds: int = setting(3, "Seeds per cell (0..N-1): each seed fixes the init, the data order and augmentation, "
                             "shared by every initialisation.")
     fractions: tuple[float, ...] = setting((1.0, 0.1), "Shares of the training images to fine-tune on.")
-    arms: tuple[str, ...] = setting(("scratch", "clkg"), "Initialisations compared: scratch, clkg (the learngene), "
-                                                         "random-matched and shuffled (controls: the same plan with "
-                                                         "each transplanted filter's values replaced by random ones "
-                                                         "of its norm, or permuted).", metavar="ARM[,ARM]")
+    arms: tuple[str, ...] = setting(("scratch", "clkg", "random-matched"),
+                                    "Initialisations compared: scratch, clkg (the learngene), random-matched and "
+                                    "shuffled (controls: the same plan with each transplanted filter's values "
+                                    "replaced by random ones of its norm, or permuted); clkg − random-matched is "
+                                    "what the learngene's knowledge adds beyond its scale.", metavar="ARM[,ARM]")
     epochs: int = setting(10, "Epochs (passes over each fraction's images; with --steps, the number of equal "
                               "parts of the step budget, each followed by validation).")
     steps: int | None = setting(None, "Optimiser steps per run, the same for every fraction (small fractions repeat "

@@ -221,6 +221,7 @@ def plot(record: dict[str, Any], path: Path, title: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
     fractions = record["settings"]["fractions"]
+    steps = record["settings"].get("steps")
     arms = [a["name"] for a in record["arms"]]
     import textwrap
 
@@ -233,7 +234,8 @@ def plot(record: dict[str, Any], path: Path, title: str) -> None:
                       if r["arm"] == arm and r["fraction"] == f and r.get("chosen", True)]
             if not curves:
                 continue
-            epochs = range(1, len(curves[0]) + 1)
+            per = math.ceil(steps / len(curves[0])) if steps else 1
+            epochs = [per * e for e in range(1, len(curves[0]) + 1)]
             mean = [statistics.mean(c[e] for c in curves) for e in range(len(curves[0]))]
             sd = [statistics.stdev(c[e] for c in curves) if len(curves) > 1 else 0.0 for e in range(len(curves[0]))]
             colour = "tab:grey" if arm == SCRATCH else f"C{i % 10}"
@@ -242,7 +244,7 @@ def plot(record: dict[str, Any], path: Path, title: str) -> None:
                             color=colour, alpha=0.12)
         ax.set_title(f"{_pct(f)} of the training data")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimiser steps" if steps else "epoch")
         ax.set_ylabel("validation top-1 (%)")
         ax.grid(alpha=0.3)
         handles, _ = ax.get_legend_handles_labels()
