@@ -178,7 +178,122 @@ def report() -> Path:
     lines += [f"| {n} | {m:.1f} |" for n, m in a["minutes"].items()]
     out = RESULTS / "study_knowledge.md"
     out.write_text("\n".join(lines) + "\n")
+    update_readme(readme_block(a))
     return out
+
+
+README = Path(__file__).parent.parent / "README.md"
+START, END = "<!-- evidence:start", "<!-- evidence:end -->"
+EARLIER = ("study_fashion_mnist_phase2", "study_fashion_mnist_phase2_large")
+
+
+def _ci(r: dict[str, Any]) -> str:
+    return "n/a" if r["ci95"] is None else f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]"
+
+
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "owed"
+    p = "n/a" if r["p_holm"] is None else f"{r['p_holm']:.3f}"
+    return f"{r['delta_mean']:+.2f} {_ci(r)}, p {p}: {r['verdict']}"
+
+
+def _where(rows: list[dict[str, Any]], verdict: str) -> list[str]:
+    return [r["cell"] for r in rows if r["verdict"] == verdict and r["cell"] != "pooled"]
+
+
+def _sentence(name: str, rows: list[dict[str, Any]]) -> str:
+    """What a family of comparisons shows, from its verdicts alone."""
+    gain, harm = _where(rows, "gain"), _where(rows, "harm")
+    pooled = next((r for r in rows if r["cell"] == "pooled"), None)
+    parts = [f"evidence of a gain in {', '.join(gain)}" if gain else "no cell with evidence of a gain"]
+    if harm:
+        parts.append(f"evidence of harm in {', '.join(harm)}")
+    if pooled is not None:
+        parts.append(f"pooled over the cells {pooled['delta_mean']:+.2f} points {_ci(pooled)} "
+                     f"(n = {pooled['n']}, p {pooled['p_value']:.3f}: {pooled['verdict']})")
+    return f"- {name}: " + "; ".join(parts) + "."
+
+
+def _earlier() -> list[str]:
+    """The earlier 3-seed study's test cells, re-analysed with the statistics every report now has."""
+    from learngene_tools.evaluation.report import comparisons
+
+    lines = []
+    for name in EARLIER:
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            continue
+        rec = json.loads(path.read_text())
+        rows = [c for c in comparisons(rec["runs"], rec["arms"], rec["settings"]["fractions"]) if c["metric"] == "test"]
+        lowest = 2 / 2 ** min(r["n"] for r in rows)  # the exact sign-flip test's floor
+        lines.append(f"- `{name}` ({rec['data']['train']} images = 100 %, 3 seeds): {len(rows)} test comparisons "
+                     f"against scratch, Δ from {min(r['delta_mean'] for r in rows):+.2f} to "
+                     f"{max(r['delta_mean'] for r in rows):+.2f}; with 3 seeds the smallest possible sign-flip p is "
+                     f"{lowest:.2f}, so every cell reads "
+                     f"{', '.join(sorted({r['verdict'] for r in rows}))} (its 95 % intervals are as wide as "
+                     f"{max(r['ci95'][1] - r['ci95'][0] for r in rows):.1f} points).")
+    return lines
+
+
+def readme_block(a: dict[str, Any]) -> str:
+    """README's evidence section: the study's numbers with their intervals, and sentences from the verdicts only."""
+    fam = a["A"]["test"]
+    cells = [r["cell"] for r in fam["G = clkg − scratch"]]
+    get = {(t, r["cell"]): r for t, rows in fam.items() for r in rows}
+    scratch = {}
+    for n, rows in a["accuracy"].items():
+        for c in rows:
+            if c["arm"] == "scratch" and c["test"] is not None and n.startswith("study_knowledge_A_"):
+                scratch[f"{n.removeprefix('study_knowledge_A_')} {c['fraction'] * 100:g} %"] = c["test"]
+    lines = [
+        "A pre-registered study (`recipes/results/study_knowledge_plan.md`; results, validation figures and every",
+        "record in `recipes/results/study_knowledge*`): the shipped `lgt:default` transplanted into a VGG-16-layout",
+        "and a ResNet-18-layout CNN (`small_vgg`, `small_resnet`, 1 channel, 32 px), each trained for 100 SGD steps",
+        "(batch 32) on 1,600 Fashion-MNIST images (100 %) or 160 (10 %), 6 paired seeds, every arm's learning rate",
+        "chosen on validation from {0.02, 0.1}; test top-1 on the first 2,000 test images, once, for the chosen runs.",
+        "Δ in points with its 95 % interval; p is the exact sign-flip p-value, Holm-corrected over the 4 cells of",
+        "each column (the pooled row: all 24 pairs, uncorrected); verdict: gain or harm when p < 0.05, else no evidence.",
+        "",
+        "| cell | scratch test top-1 | G = clkg − scratch | S = random-matched − scratch | K = clkg − random-matched "
+        "| clkg − shuffled |",
+        "|---|---|---|---|---|---|",
+    ]
+    cols = ("G = clkg − scratch", "S = random-matched − scratch", "K = clkg − random-matched", "clkg − shuffled")
+    for cell in cells:
+        sc = scratch.get(cell)
+        sc_text = "" if sc is None else f"{sc[0]:.2f} ± {sc[1]:.2f}"
+        lines.append(f"| {cell} | {sc_text} | " + " | ".join(_cell(get.get((t, cell))) for t in cols) + " |")
+    lines += ["", "What the verdicts say (G is CLKG's gain, S the gain of its scale alone, K what its knowledge adds):",
+              ""]
+    lines += [_sentence(t, fam[t]) for t in cols]
+    if a["B"]:
+        lines += ["", "Two more learngenes, distilled for 200 steps on Fashion-MNIST images from ImageNet MobileNetV2 "
+                  "and EfficientNet-Lite0, in `small_vgg` at 10 % (6 seeds, the same budget and grid; Holm over these 4):",
+                  "", "| comparison | test Δ (points) | 95 % interval | p (Holm) | verdict |", "|---|---|---|---|---|"]
+        for r in a["B"]["test"]:
+            p = "n/a" if r["p_holm"] is None else f"{r['p_holm']:.3f}"
+            lines.append(f"| {r['cell']} | {r['delta_mean']:+.2f} | {_ci(r)} | {p} | {r['verdict']} |")
+    earlier = _earlier()
+    if earlier:
+        lines += ["", "The earlier study (`study_fashion_mnist*`: 5 epochs, a fixed learning rate, steps that shrank "
+                  "with the data, 3 seeds), re-analysed with the same statistics:", ""] + earlier
+    return "\n".join(lines)
+
+
+def update_readme(block: str) -> None:
+    """Put the generated block between README's evidence markers."""
+    text = README.read_text()
+    i, j = text.index(START), text.index(END)
+    head = text[:i] + text[i:].split("\n", 1)[0] + "\n"
+    README.write_text(head + block + "\n" + text[j:])
+
+
+def readme_section() -> str:
+    """What README holds between its evidence markers now."""
+    text = README.read_text()
+    i, j = text.index(START), text.index(END)
+    return text[i:j].split("\n", 1)[1].rstrip("\n")
 
 
 def main() -> None:
