@@ -12,7 +12,6 @@ from learngene_tools import SettingsError, TransplantSettings, transplant
 from learngene_tools.transplantation.control import control_weight
 
 
-
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, torch.Tensor]]:
     """lgt:default into timm:resnet18: the plain transplant, both controls, and the target itself (seed 0)."""
