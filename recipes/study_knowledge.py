@@ -33,11 +33,14 @@ SETTINGS = EvaluationSettings(
 )
 LAYOUTS = ("small_vgg", "small_resnet")
 PART_B = ("mnv2-fmnist-short", "effl0-fmnist-short")
+# the plan's levers, in its order: name -> (bundle in the work folder or lgt:default, stages)
+LEVERS = {"L1 mnv2-fmnist-long": ("learngene_mnv2-fmnist-long.safetensors", None),
+          "L2 stage 1 only": ("lgt:default", (1,)), "L3 stage 3 only": ("lgt:default", (3,))}
 
 
 def records() -> dict[str, Path]:
     """Record name -> path of every evaluation of the study."""
-    names = [f"study_knowledge_A_{layout}" for layout in LAYOUTS] + ["study_knowledge_B"]
+    names = [f"study_knowledge_A_{layout}" for layout in LAYOUTS] + ["study_knowledge_B", "study_knowledge_levers"]
     return {n: RESULTS / f"{n}.json" for n in names}
 
 
@@ -78,6 +81,17 @@ def run(work: Path, part: str | None) -> None:
         api.evaluate(None, s, arms=arms, out_dir=RESULTS, name="study_knowledge_B", resume=True, progress=progress,
                      command="python recipes/study_knowledge.py run --part B")
         print(f"[study_knowledge_B] {(time.time() - t0) / 60:.1f} min", flush=True)
+    if part == "L":  # only when part A showed no knowledge effect (the plan's rule), run on its own
+        s = replace(SETTINGS, arch="learngene_tools.descendants:small_vgg", fractions=(0.1,))
+        arms = [Arm("scratch")]
+        for name, (bundle, stages) in LEVERS.items():
+            ref = bundle if bundle.startswith("lgt:") else str(work / bundle)
+            arms += [Arm(f"{name} clkg", ref, stages=stages),
+                     Arm(f"{name} random-matched", ref, stages=stages, control="random-matched")]
+        t0 = time.time()
+        api.evaluate(None, s, arms=arms, out_dir=RESULTS, name="study_knowledge_levers", resume=True,
+                     progress=progress, command="python recipes/study_knowledge.py run --part L")
+        print(f"[study_knowledge_levers] {(time.time() - t0) / 60:.1f} min", flush=True)
 
 
 def _diffs(rec: dict[str, Any], arm: str, against: str, fraction: float, metric: str) -> list[float]:
@@ -116,6 +130,7 @@ def _table(rows: list[dict[str, Any]], title: str) -> list[str]:
 def analyse() -> dict[str, Any]:
     """The plan's analysis over the records that exist: families per metric, and the accuracies per cell."""
     recs = {n: json.loads(p.read_text()) for n, p in records().items() if p.is_file()}
+    recs = {n: rec for n, rec in recs.items() if "summary" in rec}  # finished evaluations only
     cells_a = [(f"{n.removeprefix('study_knowledge_A_')} {f * 100:g} %", rec, f)
                for n, rec in recs.items() if n.startswith("study_knowledge_A") for f in rec["settings"]["fractions"]]
     out: dict[str, Any] = {"A": {}, "B": {}, "accuracy": {}}
@@ -136,6 +151,16 @@ def analyse() -> dict[str, Any]:
             rows = [{**r, "fraction": 0.1, "metric": metric, **paired(_diffs(rec, r["arm"], r["against"], 0.1, metric))}
                     for r in rows]
             out["B"][metric] = correct([r for r in rows if r["n"]])
+        if "study_knowledge_levers" in recs:
+            rec = recs["study_knowledge_levers"]
+            rows = []
+            for name in LEVERS:
+                rows += [{"cell": f"{name}: K = clkg − random-matched", "arm": f"{name} clkg",
+                          "against": f"{name} random-matched"},
+                         {"cell": f"{name}: G = clkg − scratch", "arm": f"{name} clkg", "against": "scratch"}]
+            rows = [{**r, "fraction": 0.1, "metric": metric, **paired(_diffs(rec, r["arm"], r["against"], 0.1, metric))}
+                    for r in rows]
+            out.setdefault("levers", {})[metric] = correct([r for r in rows if r["n"]])
     for n, rec in recs.items():
         for c in rec["summary"]:
             out["accuracy"].setdefault(n, []).append(
@@ -166,6 +191,10 @@ def report() -> Path:
         lines += ["## Part B: two more learngenes, `small_vgg`, 10 % (test top-1; Holm over these 4)", ""]
         lines += _table(a["B"]["test"], "test")
         lines += _table(a["B"]["val"], "validation")
+    if a.get("levers"):
+        lines += ["## Levers (`small_vgg`, 10 %; test top-1; Holm over these 6)", ""]
+        lines += _table(a["levers"]["test"], "test")
+        lines += _table(a["levers"]["val"], "validation")
     lines += ["## Accuracy per cell (mean ± std over seeds, chosen rate)", "",
               "| record | data | arm | val top-1 | test top-1 | lr kept |", "|---|---|---|---|---|---|"]
     for n, cells in a["accuracy"].items():
@@ -236,6 +265,31 @@ def _earlier() -> list[str]:
     return lines
 
 
+def _answer(fam: dict[str, list[dict[str, Any]]]) -> str:
+    """The study's answer to its question, chosen by the pooled verdicts alone (the plan's decision rules)."""
+    pooled = {t: next((r for r in rows if r["cell"] == "pooled"), None) for t, rows in fam.items()}
+    k, s, g = (pooled[t] for t in ("K = clkg − random-matched", "S = random-matched − scratch", "G = clkg − scratch"))
+    if k is None or s is None or g is None:
+        return "Answer: owed (part A did not finish)."
+    cells = [r["cell"] for r in fam["K = clkg − random-matched"] if r["verdict"] == "gain" and r["cell"] != "pooled"]
+    where = (f"it is real on its own in {', '.join(cells)}" if cells else
+             "no single layout × data cell shows it after the correction with 6 seeds")
+    share = ""
+    if g["ci95"] is not None and (g["ci95"][0] > 0 or g["ci95"][1] < 0):
+        share = f" (K / G = {k['delta_mean'] / g['delta_mean']:.2f})"
+    if k["verdict"] == "gain" and s["verdict"] != "gain":
+        return (f"**Answer:** at this scale CLKG's gain over scratch is the learngene's knowledge, not its scale: pooled "
+                f"over both layouts and both data sizes, CLKG beats its scale-matched control by {k['delta_mean']:+.2f} "
+                f"points {_ci(k)}{share}, while the scale alone gives {s['delta_mean']:+.2f} {_ci(s)} ({s['verdict']}); "
+                f"{where}.")
+    if k["verdict"] != "gain" and s["verdict"] == "gain":
+        return (f"**Answer:** at this scale CLKG's gain over scratch is explained by its scale: the scale-matched "
+                f"control gains {s['delta_mean']:+.2f} {_ci(s)} and the knowledge adds {k['delta_mean']:+.2f} {_ci(k)} "
+                f"({k['verdict']}).")
+    return (f"**Answer:** pooled, the knowledge effect is {k['delta_mean']:+.2f} {_ci(k)} ({k['verdict']}) and the scale "
+            f"effect {s['delta_mean']:+.2f} {_ci(s)} ({s['verdict']}); {where}.")
+
+
 def readme_block(a: dict[str, Any]) -> str:
     """README's evidence section: the study's numbers with their intervals, and sentences from the verdicts only."""
     fam = a["A"]["test"]
@@ -267,11 +321,26 @@ def readme_block(a: dict[str, Any]) -> str:
     lines += ["", "What the verdicts say (G is CLKG's gain, S the gain of its scale alone, K what its knowledge adds):",
               ""]
     lines += [_sentence(t, fam[t]) for t in cols]
+    lines += ["", _answer(fam)]
+    kept = {c["lr"] for rows in a["lr_choice"].values() for c in rows or []}
+    grid = SETTINGS.lr_grid or ()
+    if kept and kept == {min(grid)}:
+        lines += ["", f"Every arm of every record kept the grid's lowest rate ({min(grid):g} of "
+                  f"{', '.join(f'{x:g}' for x in grid)}): the comparison is fair between arms, but a lower rate might "
+                  "train all of them better, and nothing here says how the effect changes with longer training or "
+                  "more data than 1,600 images."]
     if a["B"]:
         lines += ["", "Two more learngenes, distilled for 200 steps on Fashion-MNIST images from ImageNet MobileNetV2 "
                   "and EfficientNet-Lite0, in `small_vgg` at 10 % (6 seeds, the same budget and grid; Holm over these 4):",
                   "", "| comparison | test Δ (points) | 95 % interval | p (Holm) | verdict |", "|---|---|---|---|---|"]
         for r in a["B"]["test"]:
+            p = "n/a" if r["p_holm"] is None else f"{r['p_holm']:.3f}"
+            lines.append(f"| {r['cell']} | {r['delta_mean']:+.2f} | {_ci(r)} | {p} | {r['verdict']} |")
+    if a.get("levers"):
+        lines += ["", "The plan's levers (`lgt:default` stage 1 only, stage 3 only, and a MobileNetV2 learngene distilled "
+                  "for 800 steps instead of 200), in `small_vgg` at 10 % (6 seeds; Holm over these 6):", "",
+                  "| comparison | test Δ (points) | 95 % interval | p (Holm) | verdict |", "|---|---|---|---|---|"]
+        for r in a["levers"]["test"]:
             p = "n/a" if r["p_holm"] is None else f"{r['p_holm']:.3f}"
             lines.append(f"| {r['cell']} | {r['delta_mean']:+.2f} | {_ci(r)} | {p} | {r['verdict']} |")
     earlier = _earlier()
@@ -300,7 +369,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("run", "report"))
     parser.add_argument("--work", type=Path, default=Path("lgt-fmnist-work"), help="where part B's learngenes are")
-    parser.add_argument("--part", choices=("A", "B"), default=None)
+    parser.add_argument("--part", choices=("A", "B", "L"), default=None, help="L: the plan's levers (run on their own)")
     args = parser.parse_args()
     if args.what == "run":
         run(args.work, args.part)
