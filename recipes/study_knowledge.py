@@ -173,7 +173,12 @@ def analyse() -> dict[str, Any]:
 
 def report() -> Path:
     """results/study_knowledge.md (and .json): the plan's analysis, every number with its interval."""
+    from learngene_tools.evaluation.report import render
+
     a = analyse()
+    for path in records().values():  # each record's own report and figure, with the current report code
+        if path.is_file() and "summary" in (rec := json.loads(path.read_text())):
+            render(rec, path.with_suffix(".md"), path.with_suffix(".png"))
     (RESULTS / "study_knowledge.json").write_text(json.dumps(a, indent=1))
     lines = ["# Is it the knowledge? Results", "",
              "Pre-registered in `study_knowledge_plan.md`; made by `python recipes/study_knowledge.py run|report`. "
