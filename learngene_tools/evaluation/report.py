@@ -143,7 +143,7 @@ def markdown(record: dict[str, Any], title: str) -> str:
     lines += [
         f"Descendant `{s['arch']}`; data `{info['data']}` ({info['format']}, {info['split']}): {info['train']} training "
         f"images = 100 %, {info['val']} validation, {info['test']} test; {_budget_text(s)}, batch {s['batch_size']}, "
-        f"SGD lr {_lr_text(s)} cosine, wd {s['weight_decay']:g}, augmentation {'on' if s['augment'] else 'off'}; "
+        f"SGD {_lr_text(s)}, cosine, wd {s['weight_decay']:g}, augmentation {'on' if s['augment'] else 'off'}; "
         f"{s['seeds']} seed{'s' if s['seeds'] != 1 else ''}. Ran on {env['device']} in {env.get('precision', 'fp32')} "
         f"({env['threads']} threads, {env['jobs']} job(s), torch {env['torch']}) in {env['minutes']:.1f} min.", "",
         "Arms: " + "; ".join(f"**{a['name']}**" + (f" = {_arm_text(a)}" if _arm_text(a) else "") for a in record["arms"]),
@@ -198,7 +198,7 @@ def _budget_text(s: dict[str, Any]) -> str:
 
 def _lr_text(s: dict[str, Any]) -> str:
     grid = s.get("lr_grid")
-    return f"{s['lr']:g}" if not grid else f"lr chosen per arm and data on validation from {', '.join(f'{x:g}' for x in grid)}"
+    return f"lr {s['lr']:g}" if not grid else f"lr chosen per arm and data on validation from {', '.join(f'{x:g}' for x in grid)}"
 
 
 def _arm_text(a: dict[str, Any]) -> str:
