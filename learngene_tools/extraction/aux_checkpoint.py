@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from learngene_tools.extraction.auxiliary import AuxNet, config_from_state_dict
+from learngene_tools.models.auxiliary import AuxNet, config_from_state_dict
 from learngene_tools.extraction.config import AuxConfig
 
 AUX_CONFIG_KEY = "lgt.aux_config"
