@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from learngene_tools.architectures.specs import build_model
-from learngene_tools.extraction.aux_checkpoint import save_aux
+from learngene_tools.models.aux_checkpoint import save_aux
 from learngene_tools.models.auxiliary import create_aux
 from learngene_tools.extraction.bundle import describe_bundle
 from learngene_tools.extraction.config import VARIANTS, SelectionSettings

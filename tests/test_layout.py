@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "models.auxiliary": 2, "extraction.bundle": 2,
     "distillation.replknet": 2, "distillation.loss": 2, "distillation.data": 2, "architectures.index": 2,
     # 3: what reads and writes them, and the parts' own building blocks
-    "extraction.aux_checkpoint": 3, "distillation.ancestry": 3, "distillation.teacher": 3,
+    "models.aux_checkpoint": 3, "distillation.ancestry": 3, "distillation.teacher": 3,
     "distillation.distributed": 3, "distillation.depthwise": 2, "distillation.state": 3, "architectures.identify": 3,
     "transplantation.adapt": 3, "transplantation.convs": 3,
     # 4: the parts' steps
