@@ -81,7 +81,7 @@ class _RegisterWithTimm(importlib.abc.MetaPathFinder):
 
 def _register_models() -> None:
     """Import the modules that register models with timm: the auxiliary models and the RepLKNet ancestry."""
-    for mod in ("models.auxiliary", "distillation.replknet"):
+    for mod in ("models.auxiliary", "models.replknet"):
         importlib.import_module(f"{__name__}.{mod}")
 
 

@@ -20,7 +20,7 @@ import torch
 
 import learngene_tools  # noqa: F401  (registers the replknet_* models with timm)
 from learngene_tools.distillation.ancestry import load_ancestry_checkpoint
-from learngene_tools.distillation.replknet import (
+from learngene_tools.models.replknet import (
     VARIANTS,
     RepLKNet,
     merge_kernels,

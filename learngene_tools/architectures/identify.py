@@ -207,7 +207,7 @@ def _transformers_hint(folder: Path, name: str, how: str) -> Architecture | None
 def _replknet(shapes: Shapes) -> Architecture | None:
     if not any(".large_kernel.lkb_" in k for k in shapes):  # not RepLKNet: spare importing it (and timm)
         return None
-    from learngene_tools.distillation.replknet import guess_variant
+    from learngene_tools.models.replknet import guess_variant
 
     variant = guess_variant(shapes)
     if variant is None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learngene_tools.distillation.replknet import RepLKNet, load_replknet_state
+from learngene_tools.models.replknet import RepLKNet, load_replknet_state
 from learngene_tools.errors import InvalidFileError, ModelError
 from learngene_tools.io.checkpoint import common_prefix, find_state_dict, load_checkpoint
 
