@@ -20,7 +20,7 @@ from conftest import run_lgt
 from torch import nn
 
 from learngene_tools import api
-from learngene_tools.descendants import small_vgg
+from learngene_tools.models.descendants import small_vgg
 from learngene_tools.errors import LgtError, ModelError, OutputError, SettingsError
 from learngene_tools.evaluation.config import Arm, EvaluationSettings, default_arms
 from learngene_tools.evaluation.data import (

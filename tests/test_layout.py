@@ -18,7 +18,7 @@ LAYERS: dict[str, int] = {
     # 0: vocabulary shared by everything
     "errors": 0, "settings": 0,
     # 1: files, model specs, model-independent helpers
-    "io": 1, "architectures": 1, "architectures.specs": 1, "descendants": 1, "architectures.tracing": 1, "architectures.keysets": 1,
+    "io": 1, "architectures": 1, "architectures.specs": 1, "models.descendants": 1, "architectures.tracing": 1, "architectures.keysets": 1,
     # the parts' settings (standard library only: the CLI builds its options from them without torch)
     "extraction.config": 1, "distillation.config": 1, "transplantation.config": 1, "evaluation.config": 1,
     # 2: the models and file formats of the parts
