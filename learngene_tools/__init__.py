@@ -36,7 +36,7 @@ _LAZY = {
     "SelectionSettings": "extraction.config", "TransplantSettings": "transplantation.config",
     "EvaluationSettings": "evaluation.config", "Arm": "evaluation.config",
     # results and file types
-    "Bundle": "extraction.bundle", "LayerRecord": "extraction.bundle",
+    "Bundle": "io.bundle", "LayerRecord": "io.bundle",
     "TransplantPlan": "transplantation.planner", "Assignment": "transplantation.planner",
     "Checkpoint": "io.checkpoint", "load_checkpoint": "io.checkpoint",
     # errors

@@ -35,7 +35,7 @@ def _fast_inspect(argv: list[str]) -> int | None:
     from pathlib import Path
 
     from learngene_tools.cli import render
-    from learngene_tools.extraction.bundle import describe_bundle, is_bundle_file
+    from learngene_tools.io.bundle import describe_bundle, is_bundle_file
 
     path = str(Path(pos[0]))  # spelt as the full CLI spells it
     as_json = "--json" in opts

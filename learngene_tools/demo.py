@@ -8,7 +8,7 @@ from typing import Any
 from learngene_tools.architectures.specs import build_model
 from learngene_tools.models.aux_checkpoint import save_aux
 from learngene_tools.models.auxiliary import create_aux
-from learngene_tools.extraction.bundle import describe_bundle
+from learngene_tools.io.bundle import describe_bundle
 from learngene_tools.extraction.config import VARIANTS, SelectionSettings
 from learngene_tools.extraction.selection import select_from_file
 from learngene_tools.io.files import check_output

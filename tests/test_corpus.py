@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 
 from learngene_tools import api
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import (
+from learngene_tools.io.bundle import (
     HASH_KEY,
     LAYERS_KEY,
     PROVENANCE_KEY,

@@ -42,7 +42,7 @@ from learngene_tools.evaluation.init import (
 from learngene_tools.evaluation.report import epochs_to_reach, markdown, summarise
 from learngene_tools.evaluation.runner import Context, run_grid, run_one
 from learngene_tools.evaluation.train import Device, Schedule, fine_tune
-from learngene_tools.extraction.bundle import read_bundle
+from learngene_tools.io.bundle import read_bundle
 
 TESTS = Path(__file__).parent
 SPEC = "test_evaluate:tiny_cnn"

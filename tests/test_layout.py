@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     # the parts' settings (standard library only: the CLI builds its options from them without torch)
     "extraction.config": 1, "distillation.config": 1, "transplantation.config": 1, "evaluation.config": 1,
     # 2: the models and file formats of the parts
-    "models.auxiliary": 2, "extraction.bundle": 2,
+    "models.auxiliary": 2, "io.bundle": 2,
     "models.replknet": 2, "distillation.loss": 2, "distillation.data": 2, "architectures.index": 2,
     # 3: what reads and writes them, and the parts' own building blocks
     "models.aux_checkpoint": 3, "distillation.ancestry": 3, "distillation.teacher": 3,

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_lgt
 
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import read_bundle
+from learngene_tools.io.bundle import read_bundle
 from learngene_tools.io.header import read_header
 from learngene_tools.recipes import load_recipe
 

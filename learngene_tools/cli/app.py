@@ -103,7 +103,7 @@ def main_options(
 def select(inputs: Inputs) -> None:
     """Select a learngene from a trained auxiliary model and write it as a bundle."""
     from learngene_tools import api
-    from learngene_tools.extraction.bundle import describe_bundle
+    from learngene_tools.io.bundle import describe_bundle
     from learngene_tools.extraction.config import SelectionSettings
 
     cmd: SelectCommand = inputs[SelectCommand]
@@ -333,7 +333,7 @@ def distill(inputs: Inputs) -> None:
 def extract(inputs: Inputs) -> None:
     """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
     from learngene_tools import api
-    from learngene_tools.extraction.bundle import describe_bundle
+    from learngene_tools.io.bundle import describe_bundle
     from learngene_tools.extraction.config import SelectionSettings
 
     cmd: ExtractCommand = inputs[ExtractCommand]

@@ -56,7 +56,7 @@ _BUNDLES: dict[str, Any] = {}
 
 
 def _bundle(path: str) -> Any:
-    from learngene_tools.extraction.bundle import read_bundle
+    from learngene_tools.io.bundle import read_bundle
 
     if path not in _BUNDLES:
         _BUNDLES[path] = read_bundle(path)

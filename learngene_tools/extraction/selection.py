@@ -19,7 +19,7 @@ import torch
 from learngene_tools import __version__
 from learngene_tools.errors import SettingsError
 from learngene_tools.models.aux_checkpoint import load_aux
-from learngene_tools.extraction.bundle import BN_PARTS, LayerRecord, write_bundle
+from learngene_tools.io.bundle import BN_PARTS, LayerRecord, write_bundle
 from learngene_tools.extraction.config import AuxConfig, SelectionSettings
 from learngene_tools.io.files import file_sha256
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from learngene_tools import __version__
 from learngene_tools.errors import HubConnectionError, HubError, InvalidFileError, LgtError
-from learngene_tools.extraction.bundle import read_bundle_header
+from learngene_tools.io.bundle import read_bundle_header
 from learngene_tools.hub.environment import cache_dir, hub_endpoint, is_offline, timeouts
 from learngene_tools.hub.errors import offline_error
 from learngene_tools.hub.references import COMMIT_ID, HfRef, as_ref, ref_from

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from learngene_tools.errors import ModelError
-from learngene_tools.extraction.bundle import BN_PARTS, Bundle, LayerRecord, read_bundle_header
+from learngene_tools.io.bundle import BN_PARTS, Bundle, LayerRecord, read_bundle_header
 from learngene_tools.io.checkpoint import Checkpoint
 from learngene_tools.transplantation.adapt import keep_by_norm
 from learngene_tools.transplantation.config import TransplantSettings
