@@ -94,7 +94,7 @@ def end_to_end(settings: Any, work: Path, args: argparse.Namespace) -> float:
     """`lgt extract` images/s over its metrics windows after the first (which includes warm-up)."""
     from learngene_tools.distillation.config import RunOptions
     from learngene_tools.extraction.config import SelectionSettings
-    from learngene_tools.pipeline import extract
+    from learngene_tools.extraction.extract import extract
 
     records: list[dict[str, Any]] = []
     log_every = max(1, args.e2e_steps // 5)

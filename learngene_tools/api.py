@@ -101,7 +101,7 @@ def distill(settings: Any, options: Any) -> dict[str, Any]:
 def extract(settings: Any, options: Any, out: str | Path, selection: Any = None) -> dict[str, Any]:
     """Distil, then select the learngene into a bundle at `out` (distill + select); returns a summary."""
     from learngene_tools.extraction.config import SelectionSettings
-    from learngene_tools.pipeline import extract as run
+    from learngene_tools.extraction.extract import extract as run
 
     return run(settings, _resolved_options(options), Path(out), selection or SelectionSettings())
 

@@ -23,7 +23,7 @@ from learngene_tools.errors import LgtError
 from learngene_tools.models.auxiliary import create_aux
 from learngene_tools.io.bundle import read_bundle
 from learngene_tools.extraction.config import VARIANTS, SelectionSettings
-from learngene_tools.pipeline import extract
+from learngene_tools.extraction.extract import extract
 
 TESTS = Path(__file__).parent
 TEACHER = "tinymodels:tiny_vgg"

@@ -33,7 +33,7 @@ from learngene_tools.distillation.teacher import Teacher, build_teacher
 from learngene_tools.errors import InvalidFileError, LgtError, SettingsError
 from learngene_tools.extraction.config import VARIANTS, SelectionSettings
 from learngene_tools.extraction.selection import select_from_file
-from learngene_tools.pipeline import extract
+from learngene_tools.extraction.extract import extract
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent

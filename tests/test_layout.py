@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     # 4: the parts' steps
     "distillation": 4, "extraction": 4, "transplantation": 4, "evaluation": 7,
     # 5-6: the pipeline across parts, the Hub, reference resolution
-    "pipeline": 5, "hub": 5, "refs": 6,
+    "extraction.extract": 5, "hub": 5, "refs": 6,
     # 7: the public API and what is built on it
     "api": 7, "demo": 7, "commands": 7, "recipes": 7,
     # 8: the command line

@@ -299,7 +299,7 @@ def _after_setup(notes: list[str], progress: Callable[[dict[str, Any]], None] | 
 
 def _show_dry_run(inputs: Inputs, settings: Any, opts: Any, output: Path | None, identified: str | None) -> None:
     """`--dry-run` of distill/extract: what would run, and nothing trained or written."""
-    from learngene_tools.pipeline import describe_run
+    from learngene_tools.extraction.extract import describe_run
 
     d = describe_run(settings, opts, output, identified)
     if inputs.as_json:
