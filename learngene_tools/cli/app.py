@@ -1,7 +1,7 @@
 """The `lgt` command line: parses, calls the library (`learngene_tools.api`), prints.
 
 Every command's arguments and options are generated from its settings classes
-(`learngene_tools.commands`); every command takes `--json`, `-q/--quiet` and `-v/--verbose`.
+(`learngene_tools.cli.commands`); every command takes `--json`, `-q/--quiet` and `-v/--verbose`.
 A failure is one line on stderr and exit code 2 (with `--json`, also an error object on stdout);
 `LGT_DEBUG=1` shows the traceback. Heavy imports (torch, timm) happen inside the commands.
 """
@@ -20,7 +20,7 @@ import typer
 from learngene_tools import __version__
 from learngene_tools.cli import render
 from learngene_tools.cli.options import Inputs, settings_command
-from learngene_tools.commands import (
+from learngene_tools.cli.commands import (
     DemoCommand,
     DistillCommand,
     EvaluateCommand,

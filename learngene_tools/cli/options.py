@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from learngene_tools.commands import COMMANDS
+from learngene_tools.cli.commands import COMMANDS
 from learngene_tools.settings import Setting, build, settings_of
 
 _GIVEN = ("COMMANDLINE", "ENVIRONMENT")
