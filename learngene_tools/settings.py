@@ -5,7 +5,7 @@ text, the name it has on the command line and in recipes when that differs from 
 name, and whether a recipe may set it. From these fields alone are derived
 
 - the command-line options of every command (`learngene_tools.cli.options`),
-- recipe validation (`learngene_tools.recipes`): allowed keys and their types,
+- recipe validation (`learngene_tools.cli.recipes`): allowed keys and their types,
 - the settings' JSON echo in checkpoints and bundles (`to_json`, the field names).
 
 A field whose type is itself a settings dataclass is flattened: its own fields become options

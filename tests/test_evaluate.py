@@ -379,7 +379,7 @@ def test_lgt_transplant_rescale_is_planned_written_and_recorded(bundle_tiny: Pat
 
 
 def test_an_evaluate_recipe_sets_its_options(tmp_path: Path):
-    from learngene_tools.recipes import load_recipe
+    from learngene_tools.cli.recipes import load_recipe
 
     path = tmp_path / "ev.toml"
     path.write_text('[recipe]\nname = "ev"\n[evaluate]\narch = "timm:resnet18"\ndata = "synthetic"\n'

@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     # 5-6: the pipeline across parts, the Hub, reference resolution
     "extraction.extract": 5, "hub": 5, "refs": 6,
     # 7: the public API and what is built on it
-    "api": 7, "demo": 7, "cli.commands": 7, "recipes": 7,
+    "api": 7, "demo": 7, "cli.commands": 7, "cli.recipes": 7,
     # 8: the command line
     "cli": 8, "__main__": 8,
 }
@@ -102,7 +102,7 @@ def test_settings_and_the_command_line_load_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, learngene_tools.cli.app, learngene_tools.cli.commands, learngene_tools.recipes; "
+    code = ("import sys, learngene_tools.cli.app, learngene_tools.cli.commands, learngene_tools.cli.recipes; "
             "heavy = sorted(m for m in ('torch', 'timm', 'huggingface_hub', 'numpy') if m in sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -149,7 +149,7 @@ def gather(ctx: typer.Context, name: str, kwargs: dict[str, Any], shown: list[Se
     provenance = None
     loaded_values: dict[str, Any] = {}
     if recipe is not None and recipe_kind is not None:
-        from learngene_tools.recipes import load_recipe
+        from learngene_tools.cli.recipes import load_recipe
 
         loaded = load_recipe(recipe, recipe_kind)
         names = {s.name for cls in COMMANDS[name] for s in settings_of(cls)}
