@@ -32,7 +32,7 @@ from learngene_tools.evaluation.data import (
     subset_for,
     synthetic_task,
 )
-from learngene_tools.evaluation.init import (
+from learngene_tools.evaluation.initialise import (
     build_descendant,
     reestimate_bn,
     select_stages,

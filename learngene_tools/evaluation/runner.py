@@ -65,7 +65,7 @@ def _bundle(path: str) -> Any:
 
 def run_one(ctx: Context, arm: Arm, fraction: float, seed: int, on_epoch: Progress | None = None) -> dict[str, Any]:
     """Build the arm's initialisation for `seed`, fine-tune it on the fraction's images, and measure it."""
-    from learngene_tools.evaluation.init import (
+    from learngene_tools.evaluation.initialise import (
         build_descendant,
         check_outputs,
         first_conv,
