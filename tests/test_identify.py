@@ -175,7 +175,7 @@ def test_identified_checkpoint_object_is_not_needed_for_a_spec(bundle_small: Pat
 def test_arch_on_a_file_plans_as_the_spec(bundle_small: Path, tmp_path: Path, spec: str):
     """The dummy input came from the file's first 4-D tensor ([1, 2048, 224, 224] for smp DeepLabV3+): now from the
     model, so --arch on the model's own file plans exactly as the spec."""
-    if spec.startswith("learngene_tools.models.descendants"):
+    if spec.startswith("learngene_tools.descendants"):
         pytest.importorskip("segmentation_models_pytorch")
     model = build_model(spec)
     save_file(model.state_dict(), str(tmp_path / "t.safetensors"))
