@@ -165,7 +165,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from learngene_tools.distillation.depthwise import autotuned
     from learngene_tools.distillation.distributed import DistContext
     from learngene_tools.distillation.loop import Run, load_teacher, memory_format_for, speed_settings, use_bf16
-    from learngene_tools.extraction.config import VARIANTS
+    from learngene_tools.models.variants import VARIANTS
 
     ctx = DistContext.from_env("cpu" if args.cpu_smoke else "cuda")
     dev = ctx.device

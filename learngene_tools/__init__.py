@@ -31,7 +31,7 @@ _LAZY = {
     "plan_transplant": "api", "apply_plan": "api", "transplant": "api", "evaluate": "api",
     "pull": "hub", "push": "hub",
     # settings
-    "AuxConfig": "extraction.config", "LossSettings": "distillation.config",
+    "AuxConfig": "models.variants", "LossSettings": "distillation.config",
     "DistillSettings": "distillation.config", "RunOptions": "distillation.config",
     "SelectionSettings": "extraction.config", "TransplantSettings": "transplantation.config",
     "EvaluationSettings": "evaluation.config", "Arm": "evaluation.config",

@@ -37,8 +37,8 @@ def describe(ref: Ref, *, verify: bool | None = None, arch: str | None = None, t
     `verify` re-hashes a bundle's tensors (default: yes for a local file; a Hub bundle is read from its
     header alone by HTTP range requests unless `verify=True`, which downloads it).
     """
-    from learngene_tools.io.bundle import bundle_from_header, bundle_summary, describe_bundle, is_bundle_file
     from learngene_tools.hub import is_hf_ref, parse_hf_ref, read_remote_header
+    from learngene_tools.io.bundle import bundle_from_header, bundle_summary, describe_bundle, is_bundle_file
     from learngene_tools.transplantation.target import describe_target
 
     if is_hf_ref(ref):
@@ -78,9 +78,9 @@ def _describe_local(path: Path, verify: bool | None, arch: str | None, trust_pic
 
 def select(aux: Ref, out: str | Path, settings: Any = None, *, force: bool = False, trust_pickle: bool = False) -> Any:
     """Select the learngene of a trained auxiliary model into a bundle at `out`; returns the bundle's header."""
-    from learngene_tools.io.bundle import read_bundle_header
     from learngene_tools.extraction.config import SelectionSettings
     from learngene_tools.extraction.selection import select_from_file
+    from learngene_tools.io.bundle import read_bundle_header
     from learngene_tools.io.files import check_output
 
     path = resolve(aux)

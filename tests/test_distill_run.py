@@ -31,9 +31,10 @@ from learngene_tools.distillation.loop import (
 from learngene_tools.distillation.state import SavedState, load_state, restart_metrics, save_state
 from learngene_tools.distillation.teacher import Teacher, build_teacher
 from learngene_tools.errors import InvalidFileError, LgtError, SettingsError
-from learngene_tools.extraction.config import VARIANTS, SelectionSettings
-from learngene_tools.extraction.selection import select_from_file
+from learngene_tools.extraction.config import SelectionSettings
 from learngene_tools.extraction.extract import extract
+from learngene_tools.extraction.selection import select_from_file
+from learngene_tools.models.variants import VARIANTS
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent

@@ -20,7 +20,6 @@ from conftest import run_lgt
 from torch import nn
 
 from learngene_tools import api
-from learngene_tools.models.descendants import small_vgg
 from learngene_tools.errors import LgtError, ModelError, OutputError, SettingsError
 from learngene_tools.evaluation.config import Arm, EvaluationSettings, default_arms
 from learngene_tools.evaluation.data import (
@@ -43,6 +42,7 @@ from learngene_tools.evaluation.report import epochs_to_reach, markdown, summari
 from learngene_tools.evaluation.runner import Context, run_grid, run_one
 from learngene_tools.evaluation.train import Device, Schedule, fine_tune
 from learngene_tools.io.bundle import read_bundle
+from learngene_tools.models.descendants import small_vgg
 
 TESTS = Path(__file__).parent
 SPEC = "test_evaluate:tiny_cnn"

@@ -19,7 +19,6 @@ import typer
 
 from learngene_tools import __version__
 from learngene_tools.cli import render
-from learngene_tools.cli.options import Inputs, settings_command
 from learngene_tools.cli.commands import (
     DemoCommand,
     DistillCommand,
@@ -31,6 +30,7 @@ from learngene_tools.cli.commands import (
     SelectCommand,
     TransplantCommand,
 )
+from learngene_tools.cli.options import Inputs, settings_command
 from learngene_tools.errors import LgtError, NotFoundError, SettingsError
 from learngene_tools.hub import is_hf_ref
 
@@ -103,8 +103,8 @@ def main_options(
 def select(inputs: Inputs) -> None:
     """Select a learngene from a trained auxiliary model and write it as a bundle."""
     from learngene_tools import api
-    from learngene_tools.io.bundle import describe_bundle
     from learngene_tools.extraction.config import SelectionSettings
+    from learngene_tools.io.bundle import describe_bundle
 
     cmd: SelectCommand = inputs[SelectCommand]
     with _status(inputs, f"selecting learngene from {cmd.aux}"):
@@ -333,8 +333,8 @@ def distill(inputs: Inputs) -> None:
 def extract(inputs: Inputs) -> None:
     """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
     from learngene_tools import api
-    from learngene_tools.io.bundle import describe_bundle
     from learngene_tools.extraction.config import SelectionSettings
+    from learngene_tools.io.bundle import describe_bundle
 
     cmd: ExtractCommand = inputs[ExtractCommand]
     settings, opts, identified = _distill_args(inputs, cmd.synthetic)

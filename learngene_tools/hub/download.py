@@ -10,11 +10,11 @@ from urllib.parse import urlsplit
 
 from learngene_tools import __version__
 from learngene_tools.errors import HubConnectionError, HubError, InvalidFileError, LgtError
-from learngene_tools.io.bundle import read_bundle_header
 from learngene_tools.hub.environment import cache_dir, hub_endpoint, is_offline, timeouts
 from learngene_tools.hub.errors import offline_error
 from learngene_tools.hub.references import COMMIT_ID, HfRef, as_ref, ref_from
 from learngene_tools.hub.session import hub_call, progress_bars
+from learngene_tools.io.bundle import read_bundle_header
 from learngene_tools.io.header import SafetensorsHeader, header_length, parse_header, read_header
 
 _HEADER_PREFETCH = 32 * 1024  # first range request; a second one fetches the rest of a bigger header

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from learngene_tools.models.auxiliary import AuxNet, config_from_state_dict
-from learngene_tools.extraction.config import AuxConfig
+from learngene_tools.models.variants import AuxConfig
 
 AUX_CONFIG_KEY = "lgt.aux_config"
 ANCESTRY_KEY = "lgt.ancestry"
