@@ -38,7 +38,7 @@ _LAZY = {
     # results and file types
     "Bundle": "io.bundle", "LayerRecord": "io.bundle",
     "TransplantPlan": "transplantation.planner", "Assignment": "transplantation.planner",
-    "Checkpoint": "io.checkpoint", "load_checkpoint": "io.checkpoint",
+    "Checkpoint": "io.checkpoint", "load_checkpoint": "io.reading",
     # errors
     "LgtError": "errors", "NotFoundError": "errors", "InvalidFileError": "errors", "UnsafeInputError": "errors",
     "OutputError": "errors", "SettingsError": "errors", "ModelError": "errors", "TrainingError": "errors",

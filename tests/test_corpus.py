@@ -50,7 +50,7 @@ from learngene_tools.io.bundle import (
     read_bundle,
     read_bundle_header,
 )
-from learngene_tools.io.checkpoint import load_checkpoint
+from learngene_tools.io.reading import load_checkpoint
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "COLUMNS": "200",

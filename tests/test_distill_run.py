@@ -341,7 +341,7 @@ class _FullDisk:
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_state(tmp_path, monkeypatch):
     from learngene_tools.errors import OutputError
-    from learngene_tools.io import checkpoint as checkpoint_io
+    from learngene_tools.io import writing as checkpoint_io
 
     path = tmp_path / "distill-state.pt"
     good = SavedState(settings_json="{}", student={"w": torch.ones(3)}, optimizer={}, step=5, images_seen=40,

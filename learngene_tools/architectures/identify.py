@@ -313,7 +313,7 @@ def identify_ancestry(path: Path, trust_pickle: bool = False) -> tuple[str, str]
     import torch
 
     from learngene_tools.errors import ModelError
-    from learngene_tools.io.checkpoint import load_checkpoint
+    from learngene_tools.io.reading import load_checkpoint
 
     with torch.serialization.safe_globals([argparse.Namespace]):  # released checkpoints carry their training args
         ckpt = load_checkpoint(path, trust_pickle=trust_pickle)

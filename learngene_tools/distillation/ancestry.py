@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from learngene_tools.errors import InvalidFileError, ModelError
-from learngene_tools.io.checkpoint import common_prefix, find_state_dict, load_checkpoint
+from learngene_tools.io.reading import common_prefix, find_state_dict, load_checkpoint
 from learngene_tools.models.replknet import RepLKNet, load_replknet_state
 
 

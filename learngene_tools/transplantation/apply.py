@@ -12,9 +12,10 @@ import torch
 from learngene_tools.architectures.specs import is_model_spec
 from learngene_tools.errors import InvalidFileError
 from learngene_tools.io.bundle import BN_PARTS, Bundle, read_bundle
-from learngene_tools.io.checkpoint import Checkpoint, copy_readers, output_format, save_checkpoint
+from learngene_tools.io.checkpoint import Checkpoint, copy_readers
 from learngene_tools.io.files import check_output
 from learngene_tools.io.folders import check_folder_output
+from learngene_tools.io.writing import output_format, save_checkpoint
 from learngene_tools.transplantation.adapt import (
     adapt_vector,
     adapt_weight,

@@ -15,7 +15,8 @@ from learngene_tools.architectures.keysets import align_model
 from learngene_tools.architectures.specs import build_model, is_model_spec
 from learngene_tools.architectures.tracing import model_device, model_input_size
 from learngene_tools.errors import ModelError
-from learngene_tools.io.checkpoint import Checkpoint, checkpoint_from_state_dict, load_checkpoint
+from learngene_tools.io.checkpoint import Checkpoint, checkpoint_from_state_dict
+from learngene_tools.io.reading import load_checkpoint
 from learngene_tools.transplantation.convs import TargetConv, convs_from_state, trace_convs
 
 NOT_IDENTIFIED = ("the architecture was not identified ({why}); strides are estimated from channel widths, "
