@@ -41,6 +41,15 @@ class Architecture:
     heads: tuple[str, ...] = ()  # keys that may differ (another class count)
     also: tuple[str, ...] = field(default_factory=tuple)  # other architectures that match and trace the same
     modules: int = 0  # module count once built: the simplest of equally matching architectures is preferred
+    _built: dict[bool, nn.Module] = field(default_factory=dict, repr=False, compare=False)
+
+    def model(self, meta: bool = True) -> nn.Module:
+        """The built model (on the meta device when `meta` and it builds there), built once: verifying and tracing
+        share it."""
+        if meta not in self._built:
+            self._built[meta] = self.build(meta)
+            self.modules = sum(1 for _ in self._built[meta].modules())
+        return self._built[meta]
 
     @property
     def identified(self) -> bool:
@@ -81,7 +90,7 @@ def _builder(make: Callable[[], nn.Module]) -> Callable[[bool], nn.Module]:
 def _verified(arch: Architecture, shapes: Shapes) -> Architecture | None:
     """`arch` with its key map when the built model's keys align with `shapes`, else None."""
     try:
-        model = arch.build(True)
+        model = arch.model(True)
     except Exception:  # noqa: BLE001 - a hint naming a model that cannot be built identifies nothing
         return None
     cfg = getattr(model, "pretrained_cfg", None)

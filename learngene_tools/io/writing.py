@@ -107,13 +107,14 @@ def save_checkpoint(
     out: Path,
     metadata: dict[str, str] | None = None,
     drop: tuple[str, ...] = (),
+    fmt: str | None = None,
 ) -> None:
     """Write `ckpt` with `updates` applied to every copy of its weights to `out`, atomically, in the checkpoint's
     own format and wrapper.
 
     `updates` is one mapping for every copy, or one per copy (`copy_readers` order). `metadata` is added to a
     safetensors header (pickles have nowhere neutral to hold it). `drop` names entries to leave out: optimizer
-    state (`ckpt.optimizer_state`).
+    state (`ckpt.optimizer_state`). `fmt` is `output_format(ckpt, out)` when the caller has it.
     """
     n = max(1, len(ckpt.copies) or len(ckpt.weight_sets))
     per_copy = list(updates) if isinstance(updates, (list, tuple)) else [updates] * n
@@ -123,7 +124,7 @@ def save_checkpoint(
         for key, t in u.items():
             if key not in ckpt.shapes or tuple(t.shape) != ckpt.shapes[key] or t.dtype != ckpt.dtypes[key]:
                 raise AssertionError(f"update for {key} does not match the target's key/shape/dtype")
-    fmt = output_format(ckpt, out)
+    fmt = fmt or output_format(ckpt, out)
     if fmt == "folder":
         with atomic_folder(out) as tmp:
             _write_folder(ckpt, per_copy, tmp, metadata or {}, drop)

@@ -65,15 +65,14 @@ def architectures(ckpt: Checkpoint, arch: str | None = None, model: nn.Module | 
 def traced_convs(ckpt: Checkpoint, arch: Architecture, input_size: tuple[int, ...] | None = None,
                  grouped: str = "skip") -> list[TargetConv]:
     """The target's convs traced through `arch` (on the meta device when it builds there; on cpu otherwise)."""
-    model = arch.build(True)
-    arch.modules = sum(1 for _ in model.modules())
+    model = arch.model(True)
     for attempt in (0, 1):
         try:
             return trace_convs(model, model_input_size(model, input_size), ckpt.shapes, arch.key_map, grouped)
         except ModelError:
             if attempt or model_device(model).type != "meta":
                 raise
-            model = arch.build(False)  # a forward that needs real values (a data-dependent branch)
+            model = arch.model(False)  # a forward that needs real values (a data-dependent branch)
     raise AssertionError("unreachable")
 
 
