@@ -39,7 +39,6 @@ def describe(ref: Ref, *, verify: bool | None = None, arch: str | None = None, t
     """
     from learngene_tools.hub import is_hf_ref, parse_hf_ref, read_remote_header
     from learngene_tools.io.bundle import bundle_from_header, bundle_summary, describe_bundle, is_bundle_file
-    from learngene_tools.transplantation.target import describe_target
 
     if is_hf_ref(ref):
         hf_ref = parse_hf_ref(str(ref))
@@ -54,6 +53,8 @@ def describe(ref: Ref, *, verify: bool | None = None, arch: str | None = None, t
     target = resolve_target(ref) if not is_builtin_ref(ref) else resolve(ref)
     if isinstance(target, Path) and target.is_file() and is_bundle_file(target):
         return describe_bundle(target, verify=verify is not False)
+    from learngene_tools.transplantation.target import describe_target  # torch: only for a checkpoint
+
     return describe_target(target, arch=arch, trust_pickle=trust_pickle)
 
 
