@@ -396,10 +396,10 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(terminal: bool):
 
     from rich.console import Console
 
-    from learngene_tools.evaluation.progress import progress_printer
+    from learngene_tools.cli.progress import evaluation_progress
 
     buf = io.StringIO()
-    show = progress_printer(Console(file=buf, force_terminal=terminal, width=120))
+    show = evaluation_progress(Console(file=buf, force_terminal=terminal, width=120))
     show({"kind": "start", "runs": 2, "epochs": 1, "reused": 1})
     show({"kind": "run", "run": "scratch 100% seed 0", "reused": True, "val_acc": 50.0, "test_acc": None, "seconds": 1})
     show({"kind": "epoch", "run": "clkg 100% seed 0", "epoch": 1, "epochs": 1, "val_acc": 61.5, "val_loss": 1.0,

@@ -31,6 +31,7 @@ from learngene_tools.cli.commands import (
     TransplantCommand,
 )
 from learngene_tools.cli.options import Inputs, settings_command
+from learngene_tools.cli.progress import distill_progress
 from learngene_tools.errors import LgtError, NotFoundError, SettingsError
 from learngene_tools.hub import is_hf_ref
 
@@ -151,16 +152,11 @@ def transplant(inputs: Inputs) -> None:
 @settings_command(app, "inspect", guard=guarded)
 def inspect(inputs: Inputs) -> None:
     """Describe a bundle (from its header alone) or a checkpoint's conv layers."""
-    from learngene_tools import api
+    from learngene_tools.cli.inspect import inspect_file
 
     cmd: InspectCommand = inputs[InspectCommand]
-    summary = api.describe(cmd.file, verify=cmd.verify, arch=cmd.arch, trust_pickle=cmd.trust_pickle)
-    if inputs.as_json:
-        render.print_json(summary)
-    elif summary["kind"] == "learngene bundle":
-        render.show_bundle(out, summary, quiet=inputs.quiet)
-    else:
-        render.show_checkpoint(out, summary, quiet=inputs.quiet)
+    inspect_file(cmd.file, verify=cmd.verify, arch=cmd.arch, trust_pickle=cmd.trust_pickle, as_json=inputs.as_json,
+                 quiet=inputs.quiet, out=out)
 
 
 @settings_command(app, "pull", guard=guarded)
@@ -267,7 +263,7 @@ def _distill_args(inputs: Inputs, synthetic: bool) -> tuple[Any, Any, str | None
     if settings.data is None and not synthetic and not inputs.quiet and _is_main_process():
         notes.append("note: no --data: distilling data-free on procedural images; give --data DIR (a folder of "
                      "images, e.g. ImageNet's train/) to distil on real ones")
-    progress = None if (inputs.quiet or inputs.as_json) else render.progress_printer(err, settings.steps,
+    progress = None if (inputs.quiet or inputs.as_json) else distill_progress(err, settings.steps,
                                                                                       plain=inputs.verbose)
     return settings, replace(opts, progress=_after_setup(notes, progress), recipe=inputs.recipe), identified
 
@@ -361,11 +357,11 @@ def evaluate(inputs: Inputs) -> None:
     import shlex
 
     from learngene_tools import api
+    from learngene_tools.cli.progress import evaluation_progress
     from learngene_tools.evaluation.config import EvaluationSettings
-    from learngene_tools.evaluation.progress import progress_printer
 
     cmd: EvaluateCommand = inputs[EvaluateCommand]
-    progress = None if (inputs.quiet or inputs.as_json) else progress_printer(err, plain=inputs.verbose)
+    progress = None if (inputs.quiet or inputs.as_json) else evaluation_progress(err, plain=inputs.verbose)
     record = api.evaluate(cmd.bundle, inputs[EvaluationSettings], teacher=cmd.teacher, out_dir=cmd.output_dir,
                           name=cmd.name, resume=cmd.resume, force=cmd.force, trust_pickle=cmd.trust_pickle,
                           progress=progress, command=shlex.join(["lgt", *sys.argv[1:]]))
