@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from learngene_tools.errors import InvalidFileError, ModelError, SettingsError
+from learngene_tools.io.bundle import BN_PARTS
 from learngene_tools.models.variants import VARIANTS, RepLKNetConfig, variants_of
 
 BN_EPS = 1e-5  # nn.BatchNorm2d's default, which the released models were trained with
@@ -66,7 +67,7 @@ def _merged_kernel_bias(get: Callable[[str], torch.Tensor | None], eps: float) -
     def folded(branch: str) -> tuple[torch.Tensor, torch.Tensor]:
         w = get(f"{branch}.conv.weight")
         assert w is not None
-        bn = [get(f"{branch}.bn.{n}") for n in ("weight", "bias", "running_mean", "running_var")]
+        bn = [get(f"{branch}.bn.{n}") for n in BN_PARTS]
         return _fold_bn(w, *bn, eps)  # type: ignore[arg-type]
 
     kernel, bias = folded("lkb_origin")
@@ -397,7 +398,7 @@ def merge_state_dict(state: Mapping[str, torch.Tensor], eps: float = BN_EPS) -> 
         def get(name: str, p: str = p) -> torch.Tensor | None:
             return state.get(f"{p}.{name}")
 
-        missing = [n for n in ("weight", "bias", "running_mean", "running_var") if get(f"lkb_origin.bn.{n}") is None]
+        missing = [n for n in BN_PARTS if get(f"lkb_origin.bn.{n}") is None]
         if missing:
             raise InvalidFileError(f"checkpoint: {p}.lkb_origin.bn lacks {', '.join(missing)}; cannot merge it")
         kernel, bias = _merged_kernel_bias(get, eps)
