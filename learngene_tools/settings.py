@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -264,3 +265,13 @@ def to_json(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def cache_dir() -> Path:
+    """lgt's own cache folder (LGT_CACHE_DIR, else $XDG_CACHE_HOME/learngene_tools, else ~/.cache/learngene_tools);
+    Hub downloads go to huggingface_hub's (`hub.hub_cache_dir`)."""
+    env = os.environ.get("LGT_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "learngene_tools"
