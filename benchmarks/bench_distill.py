@@ -94,7 +94,7 @@ def end_to_end(settings: Any, work: Path, args: argparse.Namespace) -> float:
     """`lgt extract` images/s over its metrics windows after the first (which includes warm-up)."""
     from learngene_tools.distillation.config import RunOptions
     from learngene_tools.extraction.config import SelectionSettings
-    from learngene_tools.pipeline import extract
+    from learngene_tools.extraction.extract import extract
 
     records: list[dict[str, Any]] = []
     log_every = max(1, args.e2e_steps // 5)
@@ -165,7 +165,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from learngene_tools.distillation.depthwise import autotuned
     from learngene_tools.distillation.distributed import DistContext
     from learngene_tools.distillation.loop import Run, load_teacher, memory_format_for, speed_settings, use_bf16
-    from learngene_tools.extraction.config import VARIANTS
+    from learngene_tools.models.variants import VARIANTS
 
     ctx = DistContext.from_env("cpu" if args.cpu_smoke else "cuda")
     dev = ctx.device

@@ -56,10 +56,11 @@ def build_inputs(workdir: Path, model_name: str) -> tuple[Path, Path, Path]:
     import torch
     from safetensors.torch import save_file
 
-    from learngene_tools.extraction.aux_checkpoint import save_aux
-    from learngene_tools.extraction.auxiliary import create_aux
-    from learngene_tools.extraction.config import VARIANTS, SelectionSettings
+    from learngene_tools.extraction.config import SelectionSettings
     from learngene_tools.extraction.selection import select_from_file
+    from learngene_tools.models.aux_checkpoint import save_aux
+    from learngene_tools.models.auxiliary import create_aux
+    from learngene_tools.models.variants import VARIANTS
 
     torch.manual_seed(0)
     save_aux(create_aux(VARIANTS["lgt_aux_small"]), workdir / "aux.safetensors")

@@ -31,14 +31,14 @@ _LAZY = {
     "plan_transplant": "api", "apply_plan": "api", "transplant": "api", "evaluate": "api",
     "pull": "hub", "push": "hub",
     # settings
-    "AuxConfig": "extraction.config", "LossSettings": "distillation.config",
+    "AuxConfig": "models.variants", "LossSettings": "distillation.config",
     "DistillSettings": "distillation.config", "RunOptions": "distillation.config",
     "SelectionSettings": "extraction.config", "TransplantSettings": "transplantation.config",
     "EvaluationSettings": "evaluation.config", "Arm": "evaluation.config",
     # results and file types
-    "Bundle": "extraction.bundle", "LayerRecord": "extraction.bundle",
+    "Bundle": "io.bundle", "LayerRecord": "io.bundle",
     "TransplantPlan": "transplantation.planner", "Assignment": "transplantation.planner",
-    "Checkpoint": "io.checkpoint", "load_checkpoint": "io.checkpoint",
+    "Checkpoint": "io.checkpoint", "load_checkpoint": "io.reading",
     # errors
     "LgtError": "errors", "NotFoundError": "errors", "InvalidFileError": "errors", "UnsafeInputError": "errors",
     "OutputError": "errors", "SettingsError": "errors", "ModelError": "errors", "TrainingError": "errors",
@@ -81,7 +81,7 @@ class _RegisterWithTimm(importlib.abc.MetaPathFinder):
 
 def _register_models() -> None:
     """Import the modules that register models with timm: the auxiliary models and the RepLKNet ancestry."""
-    for mod in ("extraction.auxiliary", "distillation.replknet"):
+    for mod in ("models.auxiliary", "models.replknet"):
         importlib.import_module(f"{__name__}.{mod}")
 
 

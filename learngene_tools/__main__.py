@@ -1,8 +1,9 @@
 """Entry point of `lgt` and `python -m learngene_tools`.
 
 `lgt inspect BUNDLE [--json] [-q] [--verify/--no-verify]` is served here without building the
-typer app: importing typer costs about 0.3 s, more than the whole header read. Every other
-call, and any other option, goes to the full CLI.
+typer app: importing typer costs about 0.3 s, more than the whole header read. It runs the
+command's own implementation (`cli.inspect`). Every other call, and any other option, goes to
+the full CLI.
 """
 
 from __future__ import annotations
@@ -23,39 +24,30 @@ def _fast_inspect(argv: list[str]) -> int | None:
         return None
     from learngene_tools.errors import LgtError
 
-    if pos[0].startswith("lgt:"):
+    path = pos[0]
+    if path.startswith("lgt:"):
         from learngene_tools.refs import builtin_path
 
         try:
-            pos = [str(builtin_path(pos[0]))]
+            path = str(builtin_path(path))
         except LgtError:
             return None  # the full CLI reports it
-    if not os.path.isfile(pos[0]):
+    if not os.path.isfile(path):
         return None
-    from pathlib import Path
-
     from learngene_tools.cli import render
-    from learngene_tools.extraction.bundle import describe_bundle, is_bundle_file
+    from learngene_tools.cli.inspect import inspect_file
+    from learngene_tools.io.bundle import is_bundle_file
 
-    path = str(Path(pos[0]))  # spelt as the full CLI spells it
     as_json = "--json" in opts
-    try:
-        if not is_bundle_file(path):
-            return None
-    except LgtError as e:  # a safetensors file with a broken header: the full CLI reports this very error
-        render.print_failure(render.console(stderr=True), str(e), e.kind, 2, as_json)
-        return 2
     last = {o: i for i, o in enumerate(opts)}  # the last of --verify / --no-verify wins, as in typer
     verify = last.get("--no-verify", -1) < last.get("--verify", -1) or "--no-verify" not in last
     try:
-        summary = describe_bundle(path, verify=verify)
-    except LgtError as e:
+        if not is_bundle_file(path):
+            return None
+        inspect_file(pos[0], verify=verify, as_json=as_json, quiet="-q" in opts or "--quiet" in opts)
+    except LgtError as e:  # e.g. a safetensors file with a broken header: the very line the full CLI prints
         render.print_failure(render.console(stderr=True), str(e), e.kind, 2, as_json)
         return 2
-    if as_json:
-        render.print_json(summary)
-    else:
-        render.show_bundle(render.console(), summary, quiet="-q" in opts or "--quiet" in opts)
     return 0
 
 

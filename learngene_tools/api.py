@@ -23,8 +23,8 @@ __all__ = [
 
 def read_bundle(ref: Ref, *, tensors: bool = True, verify: bool = True) -> Any:
     """A validated `Bundle`; `tensors=False` reads the header only, `verify=False` skips the tensor hash."""
-    from learngene_tools.extraction.bundle import read_bundle as read_full
-    from learngene_tools.extraction.bundle import read_bundle_header
+    from learngene_tools.io.bundle import read_bundle as read_full
+    from learngene_tools.io.bundle import read_bundle_header
 
     path = resolve(ref, expect_bundle=True)
     return read_full(path) if tensors else read_bundle_header(path, verify=verify)
@@ -37,9 +37,8 @@ def describe(ref: Ref, *, verify: bool | None = None, arch: str | None = None, t
     `verify` re-hashes a bundle's tensors (default: yes for a local file; a Hub bundle is read from its
     header alone by HTTP range requests unless `verify=True`, which downloads it).
     """
-    from learngene_tools.extraction.bundle import bundle_from_header, bundle_summary, describe_bundle, is_bundle_file
     from learngene_tools.hub import is_hf_ref, parse_hf_ref, read_remote_header
-    from learngene_tools.transplantation.target import describe_target
+    from learngene_tools.io.bundle import bundle_from_header, bundle_summary, describe_bundle, is_bundle_file
 
     if is_hf_ref(ref):
         hf_ref = parse_hf_ref(str(ref))
@@ -54,18 +53,20 @@ def describe(ref: Ref, *, verify: bool | None = None, arch: str | None = None, t
     target = resolve_target(ref) if not is_builtin_ref(ref) else resolve(ref)
     if isinstance(target, Path) and target.is_file() and is_bundle_file(target):
         return describe_bundle(target, verify=verify is not False)
+    from learngene_tools.transplantation.target import describe_target  # torch: only for a checkpoint
+
     return describe_target(target, arch=arch, trust_pickle=trust_pickle)
 
 
 def is_bundle_header(metadata: dict[str, str]) -> bool:
     """True when safetensors metadata marks a learngene bundle."""
-    from learngene_tools.extraction.bundle import SCHEMA_KEY
+    from learngene_tools.io.bundle import SCHEMA_KEY
 
     return SCHEMA_KEY in metadata
 
 
 def _describe_local(path: Path, verify: bool | None, arch: str | None, trust_pickle: bool, label: str) -> dict[str, Any]:
-    from learngene_tools.extraction.bundle import describe_bundle, is_bundle_file
+    from learngene_tools.io.bundle import describe_bundle, is_bundle_file
     from learngene_tools.transplantation.target import describe_target
 
     try:
@@ -78,9 +79,9 @@ def _describe_local(path: Path, verify: bool | None, arch: str | None, trust_pic
 
 def select(aux: Ref, out: str | Path, settings: Any = None, *, force: bool = False, trust_pickle: bool = False) -> Any:
     """Select the learngene of a trained auxiliary model into a bundle at `out`; returns the bundle's header."""
-    from learngene_tools.extraction.bundle import read_bundle_header
     from learngene_tools.extraction.config import SelectionSettings
     from learngene_tools.extraction.selection import select_from_file
+    from learngene_tools.io.bundle import read_bundle_header
     from learngene_tools.io.files import check_output
 
     path = resolve(aux)
@@ -101,7 +102,7 @@ def distill(settings: Any, options: Any) -> dict[str, Any]:
 def extract(settings: Any, options: Any, out: str | Path, selection: Any = None) -> dict[str, Any]:
     """Distil, then select the learngene into a bundle at `out` (distill + select); returns a summary."""
     from learngene_tools.extraction.config import SelectionSettings
-    from learngene_tools.pipeline import extract as run
+    from learngene_tools.extraction.extract import extract as run
 
     return run(settings, _resolved_options(options), Path(out), selection or SelectionSettings())
 

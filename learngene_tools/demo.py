@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from learngene_tools.architectures.specs import build_model
-from learngene_tools.extraction.aux_checkpoint import save_aux
-from learngene_tools.extraction.auxiliary import create_aux
-from learngene_tools.extraction.bundle import describe_bundle
-from learngene_tools.extraction.config import VARIANTS, SelectionSettings
+from learngene_tools.extraction.config import SelectionSettings
 from learngene_tools.extraction.selection import select_from_file
+from learngene_tools.io.bundle import describe_bundle
 from learngene_tools.io.files import check_output
+from learngene_tools.models.aux_checkpoint import save_aux
+from learngene_tools.models.auxiliary import create_aux
+from learngene_tools.models.variants import VARIANTS
 from learngene_tools.transplantation.apply import transplant
 
 DEMO_AUX = "lgt_aux_small"

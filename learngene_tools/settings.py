@@ -5,7 +5,7 @@ text, the name it has on the command line and in recipes when that differs from 
 name, and whether a recipe may set it. From these fields alone are derived
 
 - the command-line options of every command (`learngene_tools.cli.options`),
-- recipe validation (`learngene_tools.recipes`): allowed keys and their types,
+- recipe validation (`learngene_tools.cli.recipes`): allowed keys and their types,
 - the settings' JSON echo in checkpoints and bundles (`to_json`, the field names).
 
 A field whose type is itself a settings dataclass is flattened: its own fields become options
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -264,3 +265,13 @@ def to_json(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def cache_dir() -> Path:
+    """lgt's own cache folder (LGT_CACHE_DIR, else $XDG_CACHE_HOME/learngene_tools, else ~/.cache/learngene_tools);
+    Hub downloads go to huggingface_hub's (`hub.hub_cache_dir`)."""
+    env = os.environ.get("LGT_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "learngene_tools"

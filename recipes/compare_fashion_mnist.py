@@ -97,7 +97,7 @@ def distil(name: str, work: Path) -> Path:
     """One learngene of the study (lgt extract with the study's settings); reused when already there."""
     from learngene_tools import api
     from learngene_tools.distillation.config import DistillSettings, RunOptions
-    from learngene_tools.extraction.config import VARIANTS
+    from learngene_tools.models.variants import VARIANTS
 
     ancestry, data, steps = LEARNGENES[name]
     out = work / f"learngene_{name}.safetensors"

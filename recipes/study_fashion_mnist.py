@@ -21,8 +21,8 @@ import torch
 from rich.console import Console
 
 from learngene_tools import api
+from learngene_tools.cli.progress import evaluation_progress
 from learngene_tools.evaluation.config import Arm, EvaluationSettings
-from learngene_tools.evaluation.progress import progress_printer
 from learngene_tools.evaluation.report import render
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -105,7 +105,7 @@ def run_phase(name: str, arms: list[Arm], s: EvaluationSettings, results: Path, 
     t0 = time.time()
     commands = [cli_equivalent(a, s, str(results)) for a in arms if a.bundle is not None]
     record = api.evaluate(None, s, arms=arms, out_dir=results, name=f"study_fashion_mnist_{name}", resume=True,
-                          progress=progress_printer(Console(stderr=True), plain=True),
+                          progress=evaluation_progress(Console(stderr=True), plain=True),
                           command=f"python recipes/compare_fashion_mnist.py study  # {name}; per arm: " + " ; ".join(commands))
     print(f"[{name}] {(time.time() - t0) / 60:.1f} min", flush=True)
     return record

@@ -59,10 +59,10 @@ def run(work: Path, part: str | None) -> None:
     """Parts A then B (or one of them), each resumable from its record."""
     from rich.console import Console
 
-    from learngene_tools.evaluation.progress import progress_printer
+    from learngene_tools.cli.progress import evaluation_progress
 
     torch.set_num_threads(2)
-    progress = progress_printer(Console(stderr=True), plain=True)
+    progress = evaluation_progress(Console(stderr=True), plain=True)
     if part in (None, "A"):
         for layout in LAYOUTS:
             s = replace(SETTINGS, arch=f"learngene_tools.descendants:{layout}")

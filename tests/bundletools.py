@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from learngene_tools.extraction.bundle import HASH_KEY, LAYERS_KEY, PROVENANCE_KEY, SCHEMA_KEY
+from learngene_tools.io.bundle import HASH_KEY, LAYERS_KEY, PROVENANCE_KEY, SCHEMA_KEY
 from learngene_tools.io.header import encode_header, read_header
 from learngene_tools.io.tensors import TORCH_TO_ST, tensor_bytes
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from learngene_tools.extraction.aux_checkpoint import save_aux
-from learngene_tools.extraction.auxiliary import create_aux
-from learngene_tools.extraction.config import VARIANTS, AuxConfig, SelectionSettings
+from learngene_tools.extraction.config import SelectionSettings
 from learngene_tools.extraction.selection import select_from_file
+from learngene_tools.models.aux_checkpoint import save_aux
+from learngene_tools.models.auxiliary import create_aux
+from learngene_tools.models.variants import VARIANTS, AuxConfig
 
 
 def make_aux(config: AuxConfig, seed: int = 0) -> torch.nn.Module:

@@ -4,10 +4,10 @@ import torch
 
 import learngene_tools  # noqa: F401  (registers the lgt_aux_* models with timm)
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.aux_checkpoint import save_aux
-from learngene_tools.extraction.auxiliary import config_from_state_dict, create_aux
-from learngene_tools.extraction.config import AuxConfig
-from learngene_tools.io.checkpoint import load_checkpoint
+from learngene_tools.io.reading import load_checkpoint
+from learngene_tools.models.aux_checkpoint import save_aux
+from learngene_tools.models.auxiliary import config_from_state_dict, create_aux
+from learngene_tools.models.variants import AuxConfig
 
 
 @pytest.mark.parametrize("name", ["lgt_aux_tiny", "lgt_aux_small", "lgt_aux_base"])

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import run_lgt
 
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import read_bundle
+from learngene_tools.io.bundle import read_bundle
 from learngene_tools.refs import DEFAULT_NAME, available, builtin_path
 
 TESTS = str(Path(__file__).parent)

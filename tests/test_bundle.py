@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import LAYERS_KEY, PROVENANCE_KEY, SCHEMA_KEY, read_bundle, read_bundle_header
+from learngene_tools.io.bundle import LAYERS_KEY, PROVENANCE_KEY, SCHEMA_KEY, read_bundle, read_bundle_header
 from learngene_tools.io.header import read_header
 
 
@@ -47,7 +47,7 @@ def test_header_read_needs_no_torch(bundle_tiny):
     import sys
 
     code = (
-        "import sys; from learngene_tools.extraction.bundle import describe_bundle; "
+        "import sys; from learngene_tools.io.bundle import describe_bundle; "
         f"d = describe_bundle({str(bundle_tiny)!r}); assert d['hash_verified']; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

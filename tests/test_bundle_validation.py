@@ -19,7 +19,7 @@ from clichecks import one_line
 from conftest import run_lgt
 
 from learngene_tools.errors import InvalidFileError
-from learngene_tools.extraction.bundle import (
+from learngene_tools.io.bundle import (
     HASH_KEY,
     LAYERS_KEY,
     SCHEMA_KEY,
@@ -288,7 +288,7 @@ def test_writing_a_bundle_from_a_diverged_model_is_refused(aux_tiny_file: Path, 
 
 
 def test_reading_needs_no_torch_for_header_and_verify(bundle_tiny: Path) -> None:
-    code = ("import sys; from learngene_tools.extraction.bundle import describe_bundle; "
+    code = ("import sys; from learngene_tools.io.bundle import describe_bundle; "
             f"d = describe_bundle({str(bundle_tiny)!r}); assert d['hash_verified'] and d['metadata_protected']; "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 from tinymodels import tiny_vgg
 
 from learngene_tools.errors import LgtError, OutputError
-from learngene_tools.io.checkpoint import common_prefix, find_state_dict, load_checkpoint
 from learngene_tools.io.header import read_header
+from learngene_tools.io.reading import common_prefix, find_state_dict, load_checkpoint
 from learngene_tools.transplantation.apply import transplant
 
 WRAPPERS = [(), ("state_dict",), ("model",), ("model_ema",), ("state_dict_ema",)]

@@ -12,7 +12,7 @@ from conftest import run_lgt
 from typer.testing import CliRunner
 
 from learngene_tools.cli.app import app
-from learngene_tools.commands import COMMANDS
+from learngene_tools.cli.commands import COMMANDS
 from learngene_tools.settings import settings_of
 
 runner = CliRunner()

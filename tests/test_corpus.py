@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 
 from learngene_tools import api
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import (
+from learngene_tools.io.bundle import (
     HASH_KEY,
     LAYERS_KEY,
     PROVENANCE_KEY,
@@ -50,7 +50,7 @@ from learngene_tools.extraction.bundle import (
     read_bundle,
     read_bundle_header,
 )
-from learngene_tools.io.checkpoint import load_checkpoint
+from learngene_tools.io.reading import load_checkpoint
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "COLUMNS": "200",

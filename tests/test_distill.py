@@ -20,10 +20,11 @@ from learngene_tools.distillation.loop import AUX_FILE, METRICS_FILE, STATE_FILE
 from learngene_tools.distillation.loss import DistillLoss, whiten
 from learngene_tools.distillation.teacher import build_teacher, trace_taps
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.auxiliary import create_aux
-from learngene_tools.extraction.bundle import read_bundle
-from learngene_tools.extraction.config import VARIANTS, SelectionSettings
-from learngene_tools.pipeline import extract
+from learngene_tools.extraction.config import SelectionSettings
+from learngene_tools.extraction.extract import extract
+from learngene_tools.io.bundle import read_bundle
+from learngene_tools.models.auxiliary import create_aux
+from learngene_tools.models.variants import VARIANTS
 
 TESTS = Path(__file__).parent
 TEACHER = "tinymodels:tiny_vgg"

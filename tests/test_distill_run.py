@@ -31,9 +31,10 @@ from learngene_tools.distillation.loop import (
 from learngene_tools.distillation.state import SavedState, load_state, restart_metrics, save_state
 from learngene_tools.distillation.teacher import Teacher, build_teacher
 from learngene_tools.errors import InvalidFileError, LgtError, SettingsError
-from learngene_tools.extraction.config import VARIANTS, SelectionSettings
+from learngene_tools.extraction.config import SelectionSettings
+from learngene_tools.extraction.extract import extract
 from learngene_tools.extraction.selection import select_from_file
-from learngene_tools.pipeline import extract
+from learngene_tools.models.variants import VARIANTS
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -340,7 +341,7 @@ class _FullDisk:
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_state(tmp_path, monkeypatch):
     from learngene_tools.errors import OutputError
-    from learngene_tools.io import checkpoint as checkpoint_io
+    from learngene_tools.io import writing as checkpoint_io
 
     path = tmp_path / "distill-state.pt"
     good = SavedState(settings_json="{}", student={"w": torch.ones(3)}, optimizer={}, step=5, images_seen=40,

@@ -20,7 +20,6 @@ from conftest import run_lgt
 from torch import nn
 
 from learngene_tools import api
-from learngene_tools.descendants import small_vgg
 from learngene_tools.errors import LgtError, ModelError, OutputError, SettingsError
 from learngene_tools.evaluation.config import Arm, EvaluationSettings, default_arms
 from learngene_tools.evaluation.data import (
@@ -32,7 +31,7 @@ from learngene_tools.evaluation.data import (
     subset_for,
     synthetic_task,
 )
-from learngene_tools.evaluation.init import (
+from learngene_tools.evaluation.initialise import (
     build_descendant,
     reestimate_bn,
     select_stages,
@@ -42,7 +41,8 @@ from learngene_tools.evaluation.init import (
 from learngene_tools.evaluation.report import epochs_to_reach, markdown, summarise
 from learngene_tools.evaluation.runner import Context, run_grid, run_key, run_one
 from learngene_tools.evaluation.train import Device, Schedule, fine_tune
-from learngene_tools.extraction.bundle import read_bundle
+from learngene_tools.io.bundle import read_bundle
+from learngene_tools.models.descendants import small_vgg
 
 TESTS = Path(__file__).parent
 SPEC = "test_evaluate:tiny_cnn"
@@ -381,7 +381,7 @@ def test_lgt_transplant_rescale_is_planned_written_and_recorded(bundle_tiny: Pat
 
 
 def test_an_evaluate_recipe_sets_its_options(tmp_path: Path):
-    from learngene_tools.recipes import load_recipe
+    from learngene_tools.cli.recipes import load_recipe
 
     path = tmp_path / "ev.toml"
     path.write_text('[recipe]\nname = "ev"\n[evaluate]\narch = "timm:resnet18"\ndata = "synthetic"\n'
@@ -398,10 +398,10 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(terminal: bool):
 
     from rich.console import Console
 
-    from learngene_tools.evaluation.progress import progress_printer
+    from learngene_tools.cli.progress import evaluation_progress
 
     buf = io.StringIO()
-    show = progress_printer(Console(file=buf, force_terminal=terminal, width=120))
+    show = evaluation_progress(Console(file=buf, force_terminal=terminal, width=120))
     show({"kind": "start", "runs": 2, "epochs": 1, "reused": 1})
     show({"kind": "run", "run": "scratch 100% seed 0", "reused": True, "val_acc": 50.0, "test_acc": None, "seconds": 1})
     show({"kind": "epoch", "run": "clkg 100% seed 0", "epoch": 1, "epochs": 1, "val_acc": 61.5, "val_loss": 1.0,
@@ -410,6 +410,10 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(terminal: bool):
     text = buf.getvalue()
     assert "[2/2] clkg 100% seed 0: val 61.50 %, test 60.00 % (2 s)" in text and "(reused)" in text
     assert ("epoch 1/1: val 61.50 %" in text) != terminal  # per-epoch lines only off a terminal
+    if not terminal:  # one printer serving a second evaluation counts its runs from 1 again (it said [3/1])
+        show({"kind": "start", "runs": 1, "epochs": 1, "reused": 0})
+        show({"kind": "run", "run": "scratch 10% seed 0", "reused": False, "val_acc": 40.0, "seconds": 1})
+        assert "[1/1] scratch 10% seed 0" in buf.getvalue()
 
 
 # ---- controls, fair budgets and statistics (issue 16) ----------------------------------------------

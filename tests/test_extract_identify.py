@@ -17,7 +17,7 @@ from conftest import run_lgt
 
 from learngene_tools.architectures.specs import build_model
 from learngene_tools.architectures.tracing import on_meta
-from learngene_tools.extraction.bundle import read_bundle_header
+from learngene_tools.io.bundle import read_bundle_header
 
 
 def _broadcast_zeros(spec: str, **kwargs) -> dict[str, torch.Tensor]:

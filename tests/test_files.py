@@ -28,9 +28,9 @@ from safetensors.torch import save_file
 
 from learngene_tools.errors import InvalidFileError, NotFoundError, OutputError
 from learngene_tools.io import files
-from learngene_tools.io.checkpoint import load_checkpoint
 from learngene_tools.io.files import atomic_path, check_input, check_output, remove_stale_temps, temp_pattern
 from learngene_tools.io.header import read_header
+from learngene_tools.io.reading import load_checkpoint
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "COLUMNS": "200",

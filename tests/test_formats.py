@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from learngene_tools.errors import OutputError, UnsafeInputError
-from learngene_tools.extraction.bundle import read_bundle
+from learngene_tools.io.bundle import read_bundle
 from learngene_tools.transplantation.apply import adapted_tensors, transplant
 from learngene_tools.transplantation.planner import TransplantPlan
 

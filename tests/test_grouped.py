@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from learngene_tools.architectures.specs import build_model
-from learngene_tools.extraction.bundle import read_bundle
+from learngene_tools.io.bundle import read_bundle
 from learngene_tools.transplantation.adapt import adapt_weight, block_diagonal, layer_generator
 from learngene_tools.transplantation.apply import transplant
 

@@ -20,7 +20,7 @@ from hubenv import ALICE, BOB, one_error_line, repo_with_bundle
 
 from learngene_tools import describe, hub, resolve
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import Bundle, describe_bundle, read_bundle_header
+from learngene_tools.io.bundle import Bundle, describe_bundle, read_bundle_header
 
 pytest_plugins = ["hubenv"]  # fake_hub, hub_env, work
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import run_lgt
 
+from learngene_tools.cli.recipes import load_recipe
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import read_bundle
+from learngene_tools.io.bundle import read_bundle
 from learngene_tools.io.header import read_header
-from learngene_tools.recipes import load_recipe
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 

@@ -20,13 +20,13 @@ import torch
 
 import learngene_tools  # noqa: F401  (registers the replknet_* models with timm)
 from learngene_tools.distillation.ancestry import load_ancestry_checkpoint
-from learngene_tools.distillation.replknet import (
+from learngene_tools.errors import LgtError
+from learngene_tools.models.replknet import (
     VARIANTS,
     RepLKNet,
     merge_kernels,
     merge_state_dict,
 )
-from learngene_tools.errors import LgtError
 
 DATA = Path(__file__).parent / "data"
 TINY = "replknet_test_tiny"

@@ -3,9 +3,10 @@ import torch
 from conftest import make_aux
 
 from learngene_tools.errors import LgtError
-from learngene_tools.extraction.bundle import read_bundle
-from learngene_tools.extraction.config import VARIANTS, AuxConfig, SelectionSettings
+from learngene_tools.extraction.config import SelectionSettings
 from learngene_tools.extraction.selection import select_from_file, select_learngene
+from learngene_tools.io.bundle import read_bundle
+from learngene_tools.models.variants import VARIANTS, AuxConfig
 
 
 def _select(settings, cfg=VARIANTS["lgt_aux_base"]):

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from learngene_tools.architectures.specs import build_model
-from learngene_tools.extraction.bundle import BN_PARTS, Bundle, read_bundle
+from learngene_tools.io.bundle import BN_PARTS, Bundle, read_bundle
 from learngene_tools.io.header import read_header
 from learngene_tools.transplantation.apply import TRANSPLANT_KEY, transplant
 from learngene_tools.transplantation.planner import Assignment, TransplantPlan
@@ -422,8 +422,8 @@ def test_file_without_arch_is_identified_and_planned_as_traced(resnet50: Case, f
 
 def _estimated_plan(bundle: Path, target: Path) -> TransplantPlan:
     """The plan from names, shapes and order alone, as when nothing identifies the target."""
-    from learngene_tools.extraction.bundle import read_bundle_header
-    from learngene_tools.io.checkpoint import load_checkpoint
+    from learngene_tools.io.bundle import read_bundle_header
+    from learngene_tools.io.reading import load_checkpoint
     from learngene_tools.transplantation.planner import place_layers
     from learngene_tools.transplantation.target import estimated_convs
 

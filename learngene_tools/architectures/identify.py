@@ -41,6 +41,15 @@ class Architecture:
     heads: tuple[str, ...] = ()  # keys that may differ (another class count)
     also: tuple[str, ...] = field(default_factory=tuple)  # other architectures that match and trace the same
     modules: int = 0  # module count once built: the simplest of equally matching architectures is preferred
+    _built: dict[bool, nn.Module] = field(default_factory=dict, repr=False, compare=False)
+
+    def model(self, meta: bool = True) -> nn.Module:
+        """The built model (on the meta device when `meta` and it builds there), built once: verifying and tracing
+        share it."""
+        if meta not in self._built:
+            self._built[meta] = self.build(meta)
+            self.modules = sum(1 for _ in self._built[meta].modules())
+        return self._built[meta]
 
     @property
     def identified(self) -> bool:
@@ -81,7 +90,7 @@ def _builder(make: Callable[[], nn.Module]) -> Callable[[bool], nn.Module]:
 def _verified(arch: Architecture, shapes: Shapes) -> Architecture | None:
     """`arch` with its key map when the built model's keys align with `shapes`, else None."""
     try:
-        model = arch.build(True)
+        model = arch.model(True)
     except Exception:  # noqa: BLE001 - a hint naming a model that cannot be built identifies nothing
         return None
     cfg = getattr(model, "pretrained_cfg", None)
@@ -207,7 +216,7 @@ def _transformers_hint(folder: Path, name: str, how: str) -> Architecture | None
 def _replknet(shapes: Shapes) -> Architecture | None:
     if not any(".large_kernel.lkb_" in k for k in shapes):  # not RepLKNet: spare importing it (and timm)
         return None
-    from learngene_tools.distillation.replknet import guess_variant
+    from learngene_tools.models.replknet import guess_variant
 
     variant = guess_variant(shapes)
     if variant is None:
@@ -313,7 +322,7 @@ def identify_ancestry(path: Path, trust_pickle: bool = False) -> tuple[str, str]
     import torch
 
     from learngene_tools.errors import ModelError
-    from learngene_tools.io.checkpoint import load_checkpoint
+    from learngene_tools.io.reading import load_checkpoint
 
     with torch.serialization.safe_globals([argparse.Namespace]):  # released checkpoints carry their training args
         ckpt = load_checkpoint(path, trust_pickle=trust_pickle)

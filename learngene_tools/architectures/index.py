@@ -28,6 +28,7 @@ from torch import nn
 
 from learngene_tools.architectures.keysets import fingerprint, saved_shapes
 from learngene_tools.architectures.tracing import on_meta
+from learngene_tools.settings import cache_dir
 
 FORMAT = 1
 SHIPPED = Path(__file__).parent.parent / "data" / "arch_index.json.gz"
@@ -241,15 +242,6 @@ def build_segment(src: Source, progress: Callable[[int, int], None] | None = Non
 
 
 # --- loading --------------------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where indexes for other package versions are kept."""
-    env = os.environ.get("LGT_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "learngene_tools"
 
 
 def _read(path: Path) -> dict:

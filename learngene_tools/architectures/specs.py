@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 REGISTRY_PREFIXES = ("timm", "torchvision")
-BUILTIN_MODULES = ("learngene_tools.descendants",)
+BUILTIN_MODULES = ("learngene_tools.descendants", "learngene_tools.models.descendants")
 _REFUSED_TOPS = {"__main__", "builtins", "learngene_tools"}  # besides sys.stdlib_module_names
 _COMMAND_LINE_MODULES: set[str] = set()  # modules named by specs typed on the command line
 

@@ -1,7 +1,7 @@
 """The `lgt` command line: parses, calls the library (`learngene_tools.api`), prints.
 
 Every command's arguments and options are generated from its settings classes
-(`learngene_tools.commands`); every command takes `--json`, `-q/--quiet` and `-v/--verbose`.
+(`learngene_tools.cli.commands`); every command takes `--json`, `-q/--quiet` and `-v/--verbose`.
 A failure is one line on stderr and exit code 2 (with `--json`, also an error object on stdout);
 `LGT_DEBUG=1` shows the traceback. Heavy imports (torch, timm) happen inside the commands.
 """
@@ -19,8 +19,7 @@ import typer
 
 from learngene_tools import __version__
 from learngene_tools.cli import render
-from learngene_tools.cli.options import Inputs, settings_command
-from learngene_tools.commands import (
+from learngene_tools.cli.commands import (
     DemoCommand,
     DistillCommand,
     EvaluateCommand,
@@ -31,6 +30,8 @@ from learngene_tools.commands import (
     SelectCommand,
     TransplantCommand,
 )
+from learngene_tools.cli.options import Inputs, settings_command
+from learngene_tools.cli.progress import distill_progress
 from learngene_tools.errors import LgtError, NotFoundError, SettingsError
 from learngene_tools.hub import is_hf_ref
 
@@ -103,8 +104,8 @@ def main_options(
 def select(inputs: Inputs) -> None:
     """Select a learngene from a trained auxiliary model and write it as a bundle."""
     from learngene_tools import api
-    from learngene_tools.extraction.bundle import describe_bundle
     from learngene_tools.extraction.config import SelectionSettings
+    from learngene_tools.io.bundle import describe_bundle
 
     cmd: SelectCommand = inputs[SelectCommand]
     with _status(inputs, f"selecting learngene from {cmd.aux}"):
@@ -151,16 +152,11 @@ def transplant(inputs: Inputs) -> None:
 @settings_command(app, "inspect", guard=guarded)
 def inspect(inputs: Inputs) -> None:
     """Describe a bundle (from its header alone) or a checkpoint's conv layers."""
-    from learngene_tools import api
+    from learngene_tools.cli.inspect import inspect_file
 
     cmd: InspectCommand = inputs[InspectCommand]
-    summary = api.describe(cmd.file, verify=cmd.verify, arch=cmd.arch, trust_pickle=cmd.trust_pickle)
-    if inputs.as_json:
-        render.print_json(summary)
-    elif summary["kind"] == "learngene bundle":
-        render.show_bundle(out, summary, quiet=inputs.quiet)
-    else:
-        render.show_checkpoint(out, summary, quiet=inputs.quiet)
+    inspect_file(cmd.file, verify=cmd.verify, arch=cmd.arch, trust_pickle=cmd.trust_pickle, as_json=inputs.as_json,
+                 quiet=inputs.quiet, out=out)
 
 
 @settings_command(app, "pull", guard=guarded)
@@ -267,7 +263,7 @@ def _distill_args(inputs: Inputs, synthetic: bool) -> tuple[Any, Any, str | None
     if settings.data is None and not synthetic and not inputs.quiet and _is_main_process():
         notes.append("note: no --data: distilling data-free on procedural images; give --data DIR (a folder of "
                      "images, e.g. ImageNet's train/) to distil on real ones")
-    progress = None if (inputs.quiet or inputs.as_json) else render.progress_printer(err, settings.steps,
+    progress = None if (inputs.quiet or inputs.as_json) else distill_progress(err, settings.steps,
                                                                                       plain=inputs.verbose)
     return settings, replace(opts, progress=_after_setup(notes, progress), recipe=inputs.recipe), identified
 
@@ -299,7 +295,7 @@ def _after_setup(notes: list[str], progress: Callable[[dict[str, Any]], None] | 
 
 def _show_dry_run(inputs: Inputs, settings: Any, opts: Any, output: Path | None, identified: str | None) -> None:
     """`--dry-run` of distill/extract: what would run, and nothing trained or written."""
-    from learngene_tools.pipeline import describe_run
+    from learngene_tools.extraction.extract import describe_run
 
     d = describe_run(settings, opts, output, identified)
     if inputs.as_json:
@@ -333,8 +329,8 @@ def distill(inputs: Inputs) -> None:
 def extract(inputs: Inputs) -> None:
     """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
     from learngene_tools import api
-    from learngene_tools.extraction.bundle import describe_bundle
     from learngene_tools.extraction.config import SelectionSettings
+    from learngene_tools.io.bundle import describe_bundle
 
     cmd: ExtractCommand = inputs[ExtractCommand]
     settings, opts, identified = _distill_args(inputs, cmd.synthetic)
@@ -361,11 +357,11 @@ def evaluate(inputs: Inputs) -> None:
     import shlex
 
     from learngene_tools import api
+    from learngene_tools.cli.progress import evaluation_progress
     from learngene_tools.evaluation.config import EvaluationSettings
-    from learngene_tools.evaluation.progress import progress_printer
 
     cmd: EvaluateCommand = inputs[EvaluateCommand]
-    progress = None if (inputs.quiet or inputs.as_json) else progress_printer(err, plain=inputs.verbose)
+    progress = None if (inputs.quiet or inputs.as_json) else evaluation_progress(err, plain=inputs.verbose)
     record = api.evaluate(cmd.bundle, inputs[EvaluationSettings], teacher=cmd.teacher, out_dir=cmd.output_dir,
                           name=cmd.name, resume=cmd.resume, force=cmd.force, trust_pickle=cmd.trust_pickle,
                           progress=progress, command=shlex.join(["lgt", *sys.argv[1:]]))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from learngene_tools.commands import COMMANDS
+from learngene_tools.cli.commands import COMMANDS
 from learngene_tools.settings import Setting, build, settings_of
 
 _GIVEN = ("COMMANDLINE", "ENVIRONMENT")
@@ -149,7 +149,7 @@ def gather(ctx: typer.Context, name: str, kwargs: dict[str, Any], shown: list[Se
     provenance = None
     loaded_values: dict[str, Any] = {}
     if recipe is not None and recipe_kind is not None:
-        from learngene_tools.recipes import load_recipe
+        from learngene_tools.cli.recipes import load_recipe
 
         loaded = load_recipe(recipe, recipe_kind)
         names = {s.name for cls in COMMANDS[name] for s in settings_of(cls)}

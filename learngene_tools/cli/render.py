@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -208,32 +208,3 @@ def show_distill_summary(out: Console, summary: dict[str, Any]) -> None:
               f"({summary['skipped_images']} unreadable skipped) on {summary['world_size']} {summary['device']} "
               f"process(es), {summary['precision']}; final loss {summary['final_loss']:.4f} "
               f"(stages {', '.join(f'{v:.4f}' for v in losses)}) -> {summary['aux_path']}", soft_wrap=True)
-
-
-def progress_printer(err: Console, total: int, plain: bool = False) -> Callable[[dict[str, Any]], None]:
-    """Distillation progress on stderr: a rich bar on a terminal, else (or when `plain`) one line per log interval.
-
-    Only the main process (RANK 0) reports.
-    """
-    if os.environ.get("RANK", "0") != "0":
-        return lambda record: None
-    if plain or not err.is_terminal:
-        def line(r: dict[str, Any]) -> None:
-            stages = " ".join(f"{v:.4f}" for v in r["stage_losses"])
-            err.print(f"step {r['step']}/{r['steps']} loss {r['loss']:.4f} (stages {stages}) "
-                      f"{r['images_per_s']:.1f} img/s lr {r['lr']:.2e}", soft_wrap=True, highlight=False)
-        return line
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("distilling"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
-    task = bar.add_task("distill", total=total, loss="-", speed="-")
-
-    def update(r: dict[str, Any]) -> None:
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, completed=r["step"], loss=f"{r['loss']:.4f}", speed=f"{r['images_per_s']:.0f}")
-        if r["step"] >= r["steps"]:
-            bar.stop()
-    return update

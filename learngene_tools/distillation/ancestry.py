@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from learngene_tools.distillation.replknet import RepLKNet, load_replknet_state
 from learngene_tools.errors import InvalidFileError, ModelError
-from learngene_tools.io.checkpoint import common_prefix, find_state_dict, load_checkpoint
+from learngene_tools.io.reading import common_prefix, find_state_dict, load_checkpoint
+from learngene_tools.models.replknet import RepLKNet, load_replknet_state
 
 
 def _ema_state(container: Any, path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:

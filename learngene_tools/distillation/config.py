@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from learngene_tools.errors import SettingsError
-from learngene_tools.extraction.config import VARIANTS, AuxConfig
+from learngene_tools.models.variants import AuxConfig, variants_of
 from learngene_tools.settings import setting, to_json
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -47,8 +47,8 @@ class DistillSettings:
 
     arch: str | None = setting(None, "Ancestry architecture: replknet_31b/_31l/_xl, any timm name, "
                                      "torchvision:NAME or pkg.module:factory.")
-    aux: AuxConfig = setting(VARIANTS["lgt_aux_base"], "Auxiliary model variant.", presets=lambda: VARIANTS,
-                             metavar="|".join(VARIANTS))
+    aux: AuxConfig = setting(variants_of(AuxConfig)["lgt_aux_base"], "Auxiliary model variant.",
+                             presets=lambda: variants_of(AuxConfig), metavar="|".join(variants_of(AuxConfig)))
     loss: LossSettings = setting(LossSettings(), "Distillation loss.")
     data: str | None = setting(None, "Folder of training images (recursive; labels unused); without it, "
                                      "procedural images (data-free).", metavar="DIR")

@@ -39,8 +39,8 @@ from learngene_tools.distillation.state import (
 )
 from learngene_tools.distillation.teacher import Teacher, build_teacher
 from learngene_tools.errors import ModelError, OutputError, SettingsError, TrainingError
-from learngene_tools.extraction.aux_checkpoint import save_aux
-from learngene_tools.extraction.auxiliary import AuxNet, create_aux
+from learngene_tools.models.aux_checkpoint import save_aux
+from learngene_tools.models.auxiliary import AuxNet, create_aux
 
 __all__ = ["AUX_FILE", "METRICS_FILE", "STATE_FILE", "Run", "ScheduleWarning", "Student", "distill", "load_teacher",
            "make_optimizer", "memory_format_for", "speed_settings", "teacher_features", "train_step", "use_bf16"]

@@ -20,8 +20,8 @@ import torch
 from learngene_tools import __version__
 from learngene_tools.distillation.config import DistillSettings, RunOptions
 from learngene_tools.errors import InvalidFileError, NotFoundError, OutputError, SettingsError
-from learngene_tools.io.checkpoint import torch_save
 from learngene_tools.io.files import atomic_path
+from learngene_tools.io.writing import torch_save
 
 STATE_FILE = "distill-state.pt"
 METRICS_FILE = "metrics.jsonl"

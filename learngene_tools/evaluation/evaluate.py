@@ -49,7 +49,7 @@ def evaluate(
     """Run every arm x fraction x seed, then write NAME.json/.md/.png into `out_dir` (nothing when None); returns the record."""
     from learngene_tools.evaluation.data import load_task
     from learngene_tools.evaluation.report import comparisons, render, summarise
-    from learngene_tools.extraction.bundle import read_bundle_header
+    from learngene_tools.io.bundle import read_bundle_header
 
     s = settings
     if s.arch is None or s.data is None:

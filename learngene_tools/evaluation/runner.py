@@ -67,7 +67,7 @@ _BUNDLES: dict[str, Any] = {}
 
 
 def _bundle(path: str) -> Any:
-    from learngene_tools.extraction.bundle import read_bundle
+    from learngene_tools.io.bundle import read_bundle
 
     if path not in _BUNDLES:
         _BUNDLES[path] = read_bundle(path)
@@ -81,7 +81,7 @@ def run_one(ctx: Context, arm: Arm, fraction: float, seed: int, lr: float | None
     With `keep_dir` the test split is not touched: the final weights are kept there (KEY.pt) for `test_kept`,
     which measures only the runs a learning-rate choice keeps.
     """
-    from learngene_tools.evaluation.init import (
+    from learngene_tools.evaluation.initialise import (
         build_descendant,
         check_outputs,
         first_conv,
@@ -269,7 +269,7 @@ def previous_runs(path: Path) -> dict[str, dict[str, Any]]:
 
 def test_kept(ctx: Context, arm: Arm, run: dict[str, Any]) -> dict[str, Any]:
     """The run with its test accuracy, measured on the final weights `run_one` kept (the test split's one use)."""
-    from learngene_tools.evaluation.init import build_descendant, first_conv
+    from learngene_tools.evaluation.initialise import build_descendant, first_conv
     from learngene_tools.evaluation.train import Device, accuracy
 
     s, data = ctx.settings, ctx.data

@@ -18,10 +18,11 @@ import torch
 
 from learngene_tools import __version__
 from learngene_tools.errors import SettingsError
-from learngene_tools.extraction.aux_checkpoint import load_aux
-from learngene_tools.extraction.bundle import BN_PARTS, LayerRecord, write_bundle
-from learngene_tools.extraction.config import AuxConfig, SelectionSettings
+from learngene_tools.extraction.config import SelectionSettings
+from learngene_tools.io.bundle import BN_PARTS, LayerRecord, write_bundle
 from learngene_tools.io.files import file_sha256
+from learngene_tools.models.aux_checkpoint import load_aux
+from learngene_tools.models.variants import AuxConfig
 
 
 def _anchor(stage: int) -> str:

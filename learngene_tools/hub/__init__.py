@@ -21,7 +21,7 @@ Importing this module does not import huggingface_hub.
 
 from learngene_tools.hub.card import CARD_FILENAME, CARD_TAGS, PushResult, ancestry_hub_id, model_card, push
 from learngene_tools.hub.download import commit_of, download, pull, read_remote_header
-from learngene_tools.hub.environment import cache_dir, hub_endpoint, is_offline
+from learngene_tools.hub.environment import hub_cache_dir, hub_endpoint, is_offline
 from learngene_tools.hub.errors import hub_error
 from learngene_tools.hub.references import DEFAULT_FILENAME, HF_SCHEME, HfRef, is_hf_ref, parse_hf_ref
 
@@ -33,9 +33,9 @@ __all__ = [
     "HfRef",
     "PushResult",
     "ancestry_hub_id",
-    "cache_dir",
     "commit_of",
     "download",
+    "hub_cache_dir",
     "hub_endpoint",
     "hub_error",
     "is_hf_ref",

@@ -11,10 +11,10 @@ from typing import Any
 
 from learngene_tools import __version__
 from learngene_tools.errors import HubAuthError, HubConnectionError, NotFoundError
-from learngene_tools.extraction.bundle import Bundle, read_bundle_header
 from learngene_tools.hub.environment import hub_endpoint, is_offline, token
 from learngene_tools.hub.references import DEFAULT_FILENAME, FILE_SUFFIXES, HF_SCHEME, NAME_PART, HfRef
 from learngene_tools.hub.session import hub_call, progress_bars
+from learngene_tools.io.bundle import Bundle, read_bundle_header
 
 CARD_FILENAME = "README.md"
 CARD_TAGS = ("learngene", "clkg", "transfer-learning", "knowledge-distillation", "safetensors")

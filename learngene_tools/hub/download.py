@@ -10,11 +10,11 @@ from urllib.parse import urlsplit
 
 from learngene_tools import __version__
 from learngene_tools.errors import HubConnectionError, HubError, InvalidFileError, LgtError
-from learngene_tools.extraction.bundle import read_bundle_header
-from learngene_tools.hub.environment import cache_dir, hub_endpoint, is_offline, timeouts
+from learngene_tools.hub.environment import hub_cache_dir, hub_endpoint, is_offline, timeouts
 from learngene_tools.hub.errors import offline_error
 from learngene_tools.hub.references import COMMIT_ID, HfRef, as_ref, ref_from
 from learngene_tools.hub.session import hub_call, progress_bars
+from learngene_tools.io.bundle import read_bundle_header
 from learngene_tools.io.header import SafetensorsHeader, header_length, parse_header, read_header
 
 _HEADER_PREFETCH = 32 * 1024  # first range request; a second one fetches the rest of a bigger header
@@ -25,7 +25,7 @@ _HEADER_PREFETCH = 32 * 1024  # first range request; a second one fetches the re
 
 def _download_kwargs(ref: HfRef) -> dict[str, Any]:
     return dict(
-        repo_id=ref.repo_id, filename=ref.filename, revision=ref.revision, cache_dir=cache_dir(),
+        repo_id=ref.repo_id, filename=ref.filename, revision=ref.revision, cache_dir=hub_cache_dir(),
         endpoint=hub_endpoint(), library_name="learngene_tools", library_version=__version__,
     )
 
@@ -47,7 +47,7 @@ def _in_cache(ref: HfRef) -> Path | None:
     """The cached copy of the file at the ref's revision, if there is one."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(ref.repo_id, ref.filename, cache_dir=cache_dir(), revision=ref.revision)
+    found = try_to_load_from_cache(ref.repo_id, ref.filename, cache_dir=hub_cache_dir(), revision=ref.revision)
     return Path(found) if isinstance(found, str) else None
 
 
@@ -96,7 +96,7 @@ def _download(ref: HfRef, progress: bool | None) -> Path:
 
 def _evict(path: Path) -> bool:
     """Remove a cached file (its snapshot link and its blob) so that the next download fetches it again."""
-    cache = os.path.realpath(cache_dir())
+    cache = os.path.realpath(hub_cache_dir())
     link = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     blob = os.path.realpath(path)
     removed = False

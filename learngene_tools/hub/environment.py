@@ -21,7 +21,7 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def cache_dir() -> str:
+def hub_cache_dir() -> str:
     """huggingface_hub's cache folder (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
     from huggingface_hub import constants
 

@@ -14,7 +14,7 @@ from learngene_tools.errors import (
     OutputError,
     SettingsError,
 )
-from learngene_tools.hub.environment import cache_dir, hub_endpoint, is_offline, timeouts, token
+from learngene_tools.hub.environment import hub_cache_dir, hub_endpoint, is_offline, timeouts, token
 from learngene_tools.hub.references import HfRef
 
 # --- errors -----------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def _names(ref: HfRef | str) -> tuple[str, str]:
 def offline_error(ref: HfRef | str) -> HubConnectionError:
     """The error for a file that offline mode needs and the cache lacks."""
     return HubConnectionError(
-        f"{ref} is not in the local cache ({cache_dir()}) and HF_HUB_OFFLINE is set; run the command once online "
+        f"{ref} is not in the local cache ({hub_cache_dir()}) and HF_HUB_OFFLINE is set; run the command once online "
         "(or `lgt pull`) to cache it, or unset HF_HUB_OFFLINE"
     )
 
@@ -228,7 +228,7 @@ def _cache_write_error(e: BaseException) -> LgtError | None:
     unwritable = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR)
     if isinstance(e, OSError) and e.errno in unwritable:
         return OutputError(
-            f"cannot write to the Hugging Face cache at {cache_dir()} ({e.strerror}); set HF_HUB_CACHE to a "
+            f"cannot write to the Hugging Face cache at {hub_cache_dir()} ({e.strerror}); set HF_HUB_CACHE to a "
             "writable folder with free space"
         )
     return None

@@ -1,14 +1,42 @@
-"""Folder outputs (save_pretrained layouts): the checks before any work, and an all-or-nothing write."""
+"""save_pretrained folders: which files hold the weights, the checks before writing one, and an all-or-nothing write."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Iterator
 
-from learngene_tools.errors import OutputError
+from learngene_tools.errors import InvalidFileError, NotFoundError, OutputError
+
+FOLDER_WEIGHT_PICKLES = ("pytorch_model.bin", "model.bin")
+FOLDER_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
+
+
+def weight_files(folder: Path) -> list[list[Path]]:
+    """The weight sets of a save_pretrained folder: each index's shards, then every other weights file."""
+    sets: list[list[Path]] = []
+    used: set[str] = set()
+    for index in sorted(folder.glob("*.index.json"), key=lambda p: (not p.name.endswith(".safetensors.index.json"),
+                                                                     p.name)):
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map")
+        except (OSError, ValueError, AttributeError):
+            raise InvalidFileError(f"{index}: not a readable shard index (JSON with a weight_map)") from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise InvalidFileError(f"{index}: has no weight_map")
+        shards = sorted(set(map(str, weight_map.values())))
+        for name in shards:
+            if "/" in name or not (folder / name).is_file():
+                raise NotFoundError(f"{folder / name}: shard named by {index.name} is missing")
+        sets.append([folder / n for n in shards])
+        used |= set(shards)
+    for p in sorted(folder.glob("*.safetensors")) + [folder / n for n in FOLDER_WEIGHT_PICKLES]:
+        if p.is_file() and p.name not in used:
+            sets.append([p])
+    return sets
 
 
 def _inside(p: Path, folder: Path) -> bool:

@@ -11,10 +11,11 @@ import torch
 
 from learngene_tools.architectures.specs import is_model_spec
 from learngene_tools.errors import InvalidFileError
-from learngene_tools.extraction.bundle import BN_PARTS, Bundle, read_bundle
-from learngene_tools.io.checkpoint import Checkpoint, copy_readers, output_format, save_checkpoint
+from learngene_tools.io.bundle import BN_PARTS, Bundle, read_bundle
+from learngene_tools.io.checkpoint import Checkpoint, copy_readers
 from learngene_tools.io.files import check_output
 from learngene_tools.io.folders import check_folder_output
+from learngene_tools.io.writing import output_format, save_checkpoint
 from learngene_tools.transplantation.adapt import (
     adapt_vector,
     adapt_weight,
@@ -81,9 +82,14 @@ def apply_plan(plan: TransplantPlan, out: str | Path, *, force: bool = False, re
     """
     out = Path(out)
     check_transplant_output(out, plan.bundle, plan.target, force)
+    return _write(plan, out, recipe, trust_pickle)
+
+
+def _write(plan: TransplantPlan, out: Path, recipe: dict[str, Any] | None, trust_pickle: bool) -> Path:
+    """Write a plan whose output was checked: from what the plan loaded (read again only for a plan without it)."""
     ckpt = plan.target_checkpoint or open_target(plan.target, seed=plan.seed, trust_pickle=trust_pickle)[0]
-    output_format(ckpt, out)
-    bundle = read_bundle(plan.bundle)
+    fmt = output_format(ckpt, out)
+    bundle = plan.loaded_bundle or read_bundle(plan.bundle)
     if str(bundle.provenance.get("tensor_hash", "")) != plan.bundle_hash:
         raise InvalidFileError(f"{plan.bundle}: changed since the plan was made (tensor hash differs); plan again")
     updates = [adapted_tensors(plan, bundle, ckpt, read) for read in copy_readers(ckpt)]
@@ -94,7 +100,8 @@ def apply_plan(plan: TransplantPlan, out: str | Path, *, force: bool = False, re
         **({"recipe": recipe} if recipe else {}),
     }
     drop = tuple(ckpt.optimizer_state) if plan.drop_optimizer else ()
-    save_checkpoint(ckpt, updates, out, metadata={TRANSPLANT_KEY: json.dumps(record, sort_keys=True)}, drop=drop)
+    save_checkpoint(ckpt, updates, out, metadata={TRANSPLANT_KEY: json.dumps(record, sort_keys=True)}, drop=drop,
+                    fmt=fmt)
     return out
 
 
@@ -120,6 +127,5 @@ def transplant(
         check_transplant_output(Path(out), bundle, target, force)  # type: ignore[arg-type]
     plan = plan_transplant(bundle, target, s)
     if write:
-        output_format(plan.target_checkpoint, Path(out))  # type: ignore[arg-type]
-        apply_plan(plan, out, force=force, recipe=recipe, trust_pickle=s.trust_pickle)  # type: ignore[arg-type]
+        _write(plan, Path(out), recipe, s.trust_pickle)  # type: ignore[arg-type]
     return plan

@@ -16,12 +16,12 @@ from torch import nn
 
 from learngene_tools.architectures.keysets import KeyMap
 from learngene_tools.architectures.tracing import Trace, run_trace
+from learngene_tools.io.bundle import BN_PARTS
 
 HEAD_NAMES = frozenset({
     "head", "heads", "fc", "classifier", "aux_classifier", "pre_logits", "decoder", "segmentation_head",
     "class_embed", "bbox_embed", "logits", "box_head", "box_predictor", "roi_heads", "rpn", "detect", "neck",
 })
-_BN_PARTS = ("weight", "bias", "running_mean", "running_var")
 BEYOND_BACKBONE = "after the backbone: the feature path returns to a finer stride here (neck, decoder or head)"
 
 
@@ -91,7 +91,7 @@ def _follows_bn(keys: list[str], shapes: dict[str, tuple[int, ...]], i: int, n: 
     if j >= len(keys) or "." not in keys[j]:
         return None
     bn = keys[j].rsplit(".", 1)[0]  # the next module, whichever of its tensors comes first
-    if all(shapes.get(f"{bn}.{p}") == (n,) for p in _BN_PARTS):
+    if all(shapes.get(f"{bn}.{p}") == (n,) for p in BN_PARTS):
         return bn
     return None
 
@@ -125,7 +125,7 @@ def _bn_by_name(conv: str, shapes: dict[str, tuple[int, ...]], n: int) -> str | 
     candidates = [leaf.replace("conv", "bn"), leaf.replace("conv", "norm")] if "conv" in leaf else []
     for name in candidates:
         bn = f"{parent}.{name}" if parent else name
-        if all(shapes.get(f"{bn}.{p}") == (n,) for p in _BN_PARTS):
+        if all(shapes.get(f"{bn}.{p}") == (n,) for p in BN_PARTS):
             return bn
     return None
 
@@ -253,7 +253,7 @@ def trace_convs(model: nn.Module, input_size: tuple[int, int, int], shapes: dict
             reduction = nominal[name]
             for c in consumers.get(id(call.output), []):
                 b = names[c]
-                if _is_bn(c) and all(ckpt_key(f"{b}.{p}") is not None for p in _BN_PARTS):
+                if _is_bn(c) and all(ckpt_key(f"{b}.{p}") is not None for p in BN_PARTS):
                     bn = ckpt_key(f"{b}.weight")[: -len(".weight")]  # type: ignore[index]
             producer = producer_of(call.input)
         ok, reason = _eligibility(key, shape, mod.groups, mod in seen, grouped)  # type: ignore[arg-type]

@@ -14,11 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from learngene_tools.errors import ModelError
-from learngene_tools.extraction.bundle import BN_PARTS, Bundle, LayerRecord, read_bundle_header
+from learngene_tools.io.bundle import BN_PARTS, Bundle, LayerRecord, read_bundle
 from learngene_tools.io.checkpoint import Checkpoint
 from learngene_tools.transplantation.adapt import keep_by_norm
 from learngene_tools.transplantation.config import TransplantSettings
 from learngene_tools.transplantation.convs import TargetConv, conv_kind
+from learngene_tools.transplantation.target import (
+    NOT_IDENTIFIED,
+    architectures,
+    estimated_convs,
+    note,
+    open_target,
+    traced_convs,
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class TransplantPlan:
     drop_optimizer: bool = False
     warnings: tuple[str, ...] = ()
     target_checkpoint: Checkpoint | None = field(default=None, compare=False, repr=False)  # the opened target
+    loaded_bundle: Bundle | None = field(default=None, compare=False, repr=False)  # the bundle with its tensors
+    target_model: Any = field(default=None, compare=False, repr=False)  # the model the plan was traced through
     rescale: bool = False  # kernels rescaled to the target conv's own standard deviation when applied
     control: str | None = None  # "random-matched" | "shuffled": a control transplant (transplantation/control.py)
 
@@ -244,8 +254,6 @@ def _traced_plan(header: Bundle, ckpt: Checkpoint, options: list[Any], s: Transp
     ResNet-50). When they do not (ResNet-50 and its anti-aliased variants), the simplest one (fewest modules)
     is planned and the others are named in a warning.
     """
-    from learngene_tools.transplantation.target import traced_convs
-
     results: list[tuple[Any, TransplantPlan | ModelError]] = []
     for arch in options:
         try:
@@ -279,15 +287,17 @@ def _traced_plan(header: Bundle, ckpt: Checkpoint, options: list[Any], s: Transp
                         f"differently; planned as {arch.spec}, the simplest of them (fewest modules): pass --arch SPEC if the file holds another")
     if isinstance(result, ModelError):
         raise result
-    return replace(result, identification=arch.describe()), "", warnings
+    return replace(result, identification=arch.describe(), target_model=arch.model(True)), "", warnings
 
 
 def plan_transplant(bundle: str | Path, target: str | Path, settings: TransplantSettings | None = None) -> TransplantPlan:
-    """Plan a transplant of a local bundle file into a target file, folder or model spec (nothing is written)."""
-    from learngene_tools.transplantation.target import NOT_IDENTIFIED, architectures, estimated_convs, note
+    """Plan a transplant of a local bundle file into a target file, folder or model spec (nothing is written).
 
+    The plan keeps what it loaded (the bundle's tensors, the opened target, the model it traced), so that
+    applying it reads nothing again.
+    """
     s = settings or TransplantSettings()
-    header = read_bundle_header(bundle, verify=True)
+    header = read_bundle(bundle)  # verified once, tensors and all: apply_plan adapts these very tensors
     ckpt, model = open_target(target, seed=s.seed, trust_pickle=s.trust_pickle)
     options, why = architectures(ckpt, s.arch, model, s.seed, notify=note)
 
@@ -308,13 +318,7 @@ def plan_transplant(bundle: str | Path, target: str | Path, settings: Transplant
         warnings.append(f"the target's optimizer state ({', '.join(ckpt.optimizer_state)}) is kept as it was and no "
                         f"longer matches the {len(plan.changed_keys())} rewritten tensors; --drop-optimizer leaves "
                         "it out")
-    return replace(plan, target_checkpoint=ckpt, copies=tuple(ckpt.copy_labels),
+    return replace(plan, target_checkpoint=ckpt, loaded_bundle=header, copies=tuple(ckpt.copy_labels),
                    optimizer_state=tuple(ckpt.optimizer_state), drop_optimizer=s.drop_optimizer,
                    warnings=tuple(warnings), rescale=s.rescale, control=s.control)
 
-
-def open_target(target: str | Path, seed: int = 0, trust_pickle: bool = False) -> Any:
-    """`transplantation.target.open_target` (imported late: target imports this module's neighbours)."""
-    from learngene_tools.transplantation.target import open_target as open_
-
-    return open_(target, seed=seed, trust_pickle=trust_pickle)

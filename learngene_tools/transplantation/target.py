@@ -15,7 +15,8 @@ from learngene_tools.architectures.keysets import align_model
 from learngene_tools.architectures.specs import build_model, is_model_spec
 from learngene_tools.architectures.tracing import model_device, model_input_size
 from learngene_tools.errors import ModelError
-from learngene_tools.io.checkpoint import Checkpoint, checkpoint_from_state_dict, load_checkpoint
+from learngene_tools.io.checkpoint import Checkpoint, checkpoint_from_state_dict
+from learngene_tools.io.reading import load_checkpoint
 from learngene_tools.transplantation.convs import TargetConv, convs_from_state, trace_convs
 
 NOT_IDENTIFIED = ("the architecture was not identified ({why}); strides are estimated from channel widths, "
@@ -64,15 +65,14 @@ def architectures(ckpt: Checkpoint, arch: str | None = None, model: nn.Module | 
 def traced_convs(ckpt: Checkpoint, arch: Architecture, input_size: tuple[int, ...] | None = None,
                  grouped: str = "skip") -> list[TargetConv]:
     """The target's convs traced through `arch` (on the meta device when it builds there; on cpu otherwise)."""
-    model = arch.build(True)
-    arch.modules = sum(1 for _ in model.modules())
+    model = arch.model(True)
     for attempt in (0, 1):
         try:
             return trace_convs(model, model_input_size(model, input_size), ckpt.shapes, arch.key_map, grouped)
         except ModelError:
             if attempt or model_device(model).type != "meta":
                 raise
-            model = arch.build(False)  # a forward that needs real values (a data-dependent branch)
+            model = arch.model(False)  # a forward that needs real values (a data-dependent branch)
     raise AssertionError("unreachable")
 
 

@@ -35,7 +35,7 @@ def describe_run(settings: DistillSettings, opts: RunOptions, out: Path | None =
     from learngene_tools.architectures.specs import build_model
     from learngene_tools.architectures.tracing import on_meta
     from learngene_tools.distillation.teacher import taps_from_feature_info, trace_taps
-    from learngene_tools.extraction.config import VARIANTS
+    from learngene_tools.models.variants import AuxConfig, variants_of
 
     arch = str(settings.arch)
     replknet = arch.split(":", 1)[-1].startswith("replknet")
@@ -43,7 +43,7 @@ def describe_run(settings: DistillSettings, opts: RunOptions, out: Path | None =
         teacher = build_model(arch, seed=0, **({"merged": True} if replknet and settings.merged_teacher else {}))
     taps = list(settings.taps) if settings.taps else (
         taps_from_feature_info(teacher) or trace_taps(teacher, (3, settings.img_size, settings.img_size)))
-    variant = next((name for name, cfg in VARIANTS.items() if cfg == settings.aux), None)
+    variant = next((name for name, cfg in variants_of(AuxConfig).items() if cfg == settings.aux), None)
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = settings.precision if settings.precision != "auto" else ("bf16" if device != "cpu" else "fp32")
     return {

@@ -21,44 +21,19 @@ does) at strides 4, 8, 16 by default (``out_indices=(0, 1, 2)``); stage 4 (strid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from learngene_tools.errors import InvalidFileError, ModelError, SettingsError
+from learngene_tools.io.bundle import BN_PARTS
+from learngene_tools.models.variants import VARIANTS, RepLKNetConfig, variants_of
 
 BN_EPS = 1e-5  # nn.BatchNorm2d's default, which the released models were trained with
 ORIGIN_URL = "https://github.com/DingXiaoH/RepLKNet-pytorch"
-
-
-@dataclass(frozen=True)
-class RepLKNetConfig:
-    """Architecture of one RepLKNet variant: per-stage kernel sizes, block pairs and widths."""
-
-    kernels: tuple[int, int, int, int]
-    layers: tuple[int, int, int, int]
-    channels: tuple[int, int, int, int]
-    small_kernel: int | None = 5
-    dw_ratio: float = 1.0
-    ffn_ratio: float = 4.0
-
-    def kwargs(self) -> dict[str, Any]:
-        """Constructor arguments of `RepLKNet` for this config."""
-        return dict(kernels=self.kernels, layers=self.layers, channels=self.channels,
-                    small_kernel=self.small_kernel, dw_ratio=self.dw_ratio, ffn_ratio=self.ffn_ratio)
-
-
-VARIANTS: dict[str, RepLKNetConfig] = {
-    "replknet_31b": RepLKNetConfig((31, 29, 27, 13), (2, 2, 18, 2), (128, 256, 512, 1024), small_kernel=5),
-    "replknet_31l": RepLKNetConfig((31, 29, 27, 13), (2, 2, 18, 2), (192, 384, 768, 1536), small_kernel=5),
-    "replknet_xl": RepLKNetConfig((27, 27, 27, 13), (2, 2, 18, 2), (256, 512, 1024, 2048), small_kernel=None,
-                                  dw_ratio=1.5),
-    # not a published model: a few thousand parameters for fast CPU tests
-    "replknet_test_tiny": RepLKNetConfig((7, 5, 5, 3), (1, 1, 2, 1), (8, 16, 32, 64), small_kernel=3),
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,7 +67,7 @@ def _merged_kernel_bias(get: Callable[[str], torch.Tensor | None], eps: float) -
     def folded(branch: str) -> tuple[torch.Tensor, torch.Tensor]:
         w = get(f"{branch}.conv.weight")
         assert w is not None
-        bn = [get(f"{branch}.bn.{n}") for n in ("weight", "bias", "running_mean", "running_var")]
+        bn = [get(f"{branch}.bn.{n}") for n in BN_PARTS]
         return _fold_bn(w, *bn, eps)  # type: ignore[arg-type]
 
     kernel, bias = folded("lkb_origin")
@@ -423,7 +398,7 @@ def merge_state_dict(state: Mapping[str, torch.Tensor], eps: float = BN_EPS) -> 
         def get(name: str, p: str = p) -> torch.Tensor | None:
             return state.get(f"{p}.{name}")
 
-        missing = [n for n in ("weight", "bias", "running_mean", "running_var") if get(f"lkb_origin.bn.{n}") is None]
+        missing = [n for n in BN_PARTS if get(f"lkb_origin.bn.{n}") is None]
         if missing:
             raise InvalidFileError(f"checkpoint: {p}.lkb_origin.bn lacks {', '.join(missing)}; cannot merge it")
         kernel, bias = _merged_kernel_bias(get, eps)
@@ -450,7 +425,7 @@ def guess_variant(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     stem = shapes.get("stem.0.conv.weight")
     if stem is None:
         return None
-    for name, cfg in VARIANTS.items():
+    for name, cfg in variants_of(RepLKNetConfig).items():
         if stem[0] != cfg.channels[0]:
             continue
         depth_ok = all(f"stages.{i}.blocks.{2 * n - 1}.pw1.conv.weight" in shapes
@@ -541,33 +516,38 @@ DEFAULT_CFGS = {
 }
 
 
-def _register() -> None:
-    from timm.models import build_model_with_cfg, register_model
-    from timm.models._registry import _model_entrypoints, generate_default_cfgs
-
-    if "replknet_31b" in _model_entrypoints:
-        return
-    globals()["default_cfgs"] = generate_default_cfgs(DEFAULT_CFGS)
-
-    def make(name: str, cfg: RepLKNetConfig) -> Callable[..., RepLKNet]:
-        def factory(pretrained: bool = False, **kwargs: Any) -> RepLKNet:
-            if pretrained:
-                raise ModelError(f"{name}: timm cannot download RepLKNet weights; build it with pretrained=False and "
-                               "load the released .pth with learngene_tools.distillation.ancestry.load_ancestry_checkpoint")
-            return build_model_with_cfg(
-                RepLKNet, name, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2)),
-                **{**cfg.kwargs(), **kwargs},
-            )
-
-        factory.__name__ = factory.__qualname__ = name
-        factory.__module__ = __name__
-        factory.__doc__ = (f"RepLKNet {name}: kernels {cfg.kernels}, layers {cfg.layers}, channels {cfg.channels}, "
-                           f"small kernel {cfg.small_kernel}, dw ratio {cfg.dw_ratio}; merged=True for the "
-                           "re-parameterised form.")
-        return register_model(factory)
-
-    for name, cfg in VARIANTS.items():
-        globals()[name] = make(name, cfg)
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> RepLKNet:
+    if pretrained:
+        raise ModelError(f"{variant}: timm cannot download RepLKNet weights; build it with pretrained=False and "
+                         "load the released .pth with learngene_tools.distillation.ancestry.load_ancestry_checkpoint")
+    cfg = VARIANTS[variant]
+    assert isinstance(cfg, RepLKNetConfig)
+    return build_model_with_cfg(RepLKNet, variant, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2)),
+                                **{**cfg.kwargs(), **kwargs})
 
 
-_register()
+default_cfgs = generate_default_cfgs(DEFAULT_CFGS)
+
+
+@register_model
+def replknet_31b(pretrained: bool = False, **kwargs: Any) -> RepLKNet:
+    """RepLKNet-31B: kernels 31/29/27/13, widths 128 to 1024, small kernel 5 (merged=True: re-parameterised)."""
+    return _create("replknet_31b", pretrained, **kwargs)
+
+
+@register_model
+def replknet_31l(pretrained: bool = False, **kwargs: Any) -> RepLKNet:
+    """RepLKNet-31L: kernels 31/29/27/13, widths 192 to 1536, small kernel 5 (merged=True: re-parameterised)."""
+    return _create("replknet_31l", pretrained, **kwargs)
+
+
+@register_model
+def replknet_xl(pretrained: bool = False, **kwargs: Any) -> RepLKNet:
+    """RepLKNet-XL: kernels 27/27/27/13, widths 256 to 2048, dw ratio 1.5 (merged=True: re-parameterised)."""
+    return _create("replknet_xl", pretrained, **kwargs)
+
+
+@register_model
+def replknet_test_tiny(pretrained: bool = False, **kwargs: Any) -> RepLKNet:
+    """A tiny RepLKNet for fast tests, not a published model (merged=True: re-parameterised)."""
+    return _create("replknet_test_tiny", pretrained, **kwargs)

@@ -2,7 +2,7 @@
 
 A recipe has a `[recipe]` table (name, description, source, notes) and one `[extract]` or
 `[transplant]` table whose keys are the command's option names (with underscores). The keys
-and their types are derived from the command's settings classes (`learngene_tools.commands`),
+and their types are derived from the command's settings classes (`learngene_tools.cli.commands`),
 so every recipe-settable option is a recipe key and nothing else is. Options given on the
 command line win over the recipe. A recipe is checked on load: an unknown table or key, a
 value of the wrong type or an invalid combination is an error naming it.
@@ -16,7 +16,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
-from learngene_tools.commands import COMMANDS, RECIPE_KINDS
+from learngene_tools.cli.commands import COMMANDS, RECIPE_KINDS
 from learngene_tools.errors import NotFoundError, SettingsError
 from learngene_tools.settings import Setting, build, settings_of
 

@@ -1,6 +1,7 @@
 """The CLKG auxiliary model: a plain 3-stage stack of 3x3 conv + BN + ReLU, stage outputs at strides 4/8/16.
 
-Registered with timm (``lgt_aux_tiny``, ``lgt_aux_small``, ``lgt_aux_base``) so that
+Registered with timm as timm registers its own models (``lgt_aux_tiny``, ``lgt_aux_small``, ``lgt_aux_base``;
+their shapes are `models.variants.VARIANTS`) so that
 ``timm.create_model(name, features_only=True)`` works once ``learngene_tools`` is imported.
 """
 
@@ -10,10 +11,11 @@ import re
 from typing import Any
 
 import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
 from learngene_tools.errors import InvalidFileError
-from learngene_tools.extraction.config import VARIANTS, AuxConfig
+from learngene_tools.models.variants import VARIANTS, AuxConfig, variants_of
 
 _CONV_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.conv\.weight$")
 
@@ -105,36 +107,37 @@ def create_aux(config: AuxConfig, num_classes: int = 0) -> AuxNet:
     return AuxNet(config.widths, config.depths, config.in_chans, num_classes=num_classes)
 
 
-def _register() -> None:
-    from timm.models import build_model_with_cfg, register_model
-    from timm.models._registry import _model_entrypoints, generate_default_cfgs
-
-    if "lgt_aux_base" in _model_entrypoints:
-        return
-    globals()["default_cfgs"] = generate_default_cfgs({
-        f"{name}.untrained": {
-            "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (14, 14),
-            "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bicubic",
-            "first_conv": "stages.0.0.conv", "classifier": "head", "license": "mit",
-        }
-        for name in VARIANTS
-    })
-
-    def make(name: str, cfg: AuxConfig):
-        def factory(pretrained: bool = False, **kwargs: Any) -> AuxNet:
-            kwargs = {"widths": cfg.widths, "depths": cfg.depths, **kwargs}
-            return build_model_with_cfg(
-                AuxNet, name, pretrained, feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2)), **kwargs
-            )
-
-        factory.__name__ = name
-        factory.__qualname__ = name
-        factory.__doc__ = f"CLKG auxiliary model {name}: widths {cfg.widths}, depths {cfg.depths}."
-        factory.__module__ = __name__
-        return register_model(factory)
-
-    for name, cfg in VARIANTS.items():
-        globals()[name] = make(name, cfg)
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AuxNet:
+    cfg = VARIANTS[variant]
+    assert isinstance(cfg, AuxConfig)
+    return build_model_with_cfg(AuxNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2)),
+                                **{"widths": cfg.widths, "depths": cfg.depths, **kwargs})
 
 
-_register()
+def _cfg(**extra: Any) -> dict[str, Any]:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (14, 14),
+        "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bicubic",
+        "first_conv": "stages.0.0.conv", "classifier": "head", "license": "mit", **extra,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in variants_of(AuxConfig)})
+
+
+@register_model
+def lgt_aux_tiny(pretrained: bool = False, **kwargs: Any) -> AuxNet:
+    """CLKG auxiliary model lgt_aux_tiny: widths (8, 16, 32), depths (2, 2, 2)."""
+    return _create("lgt_aux_tiny", pretrained, **kwargs)
+
+
+@register_model
+def lgt_aux_small(pretrained: bool = False, **kwargs: Any) -> AuxNet:
+    """CLKG auxiliary model lgt_aux_small: widths (32, 64, 128), depths (2, 3, 3)."""
+    return _create("lgt_aux_small", pretrained, **kwargs)
+
+
+@register_model
+def lgt_aux_base(pretrained: bool = False, **kwargs: Any) -> AuxNet:
+    """CLKG auxiliary model lgt_aux_base: widths (64, 128, 256), depths (3, 4, 4)."""
+    return _create("lgt_aux_base", pretrained, **kwargs)

@@ -1,7 +1,7 @@
 """What each command takes: its settings classes, plus its own inputs (files in and out, switches).
 
 The command line (`learngene_tools.cli`) builds every command's arguments and options from these
-classes, and recipes (`learngene_tools.recipes`) accept exactly the settings of their command that
+classes, and recipes (`learngene_tools.cli.recipes`) accept exactly the settings of their command that
 are marked recipe-settable. A command's own inputs are declared here in the same way as settings.
 """
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from learngene_tools.architectures.specs import build_model
 from learngene_tools.errors import ModelError, SettingsError
-from learngene_tools.extraction.bundle import Bundle
+from learngene_tools.io.bundle import Bundle
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:

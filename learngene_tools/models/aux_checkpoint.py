@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from learngene_tools.extraction.auxiliary import AuxNet, config_from_state_dict
-from learngene_tools.extraction.config import AuxConfig
+from learngene_tools.models.auxiliary import AuxNet, config_from_state_dict
+from learngene_tools.models.variants import AuxConfig
 
 AUX_CONFIG_KEY = "lgt.aux_config"
 ANCESTRY_KEY = "lgt.ancestry"
@@ -52,7 +52,7 @@ def save_aux(model: AuxNet, path: str | Path, ancestry: Any = None, distillation
 
 def load_aux(path: str | Path, trust_pickle: bool = False) -> AuxCheckpoint:
     """Read an auxiliary checkpoint (`.safetensors` from `lgt distill`, or any state_dict file of an AuxNet)."""
-    from learngene_tools.io.checkpoint import load_checkpoint
+    from learngene_tools.io.reading import load_checkpoint
 
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
     state = ckpt.state_dict()
