@@ -283,7 +283,7 @@ def _answer(fam: dict[str, list[dict[str, Any]]]) -> str:
     if g["ci95"] is not None and (g["ci95"][0] > 0 or g["ci95"][1] < 0):
         share = f" (K / G = {k['delta_mean'] / g['delta_mean']:.2f})"
     if k["verdict"] == "gain" and s["verdict"] != "gain":
-        return (f"**Answer:** at this scale CLKG's gain over scratch is the learngene's knowledge, not its scale: pooled "
+        return (f"**Answer:** at this scale the shipped learngene's gain over scratch is its knowledge, not its scale: pooled "
                 f"over both layouts and both data sizes, CLKG beats its scale-matched control by {k['delta_mean']:+.2f} "
                 f"points {_ci(k)}{share}, while the scale alone gives {s['delta_mean']:+.2f} {_ci(s)} ({s['verdict']}); "
                 f"{where}.")
@@ -341,6 +341,11 @@ def readme_block(a: dict[str, Any]) -> str:
         for r in a["B"]["test"]:
             p = "n/a" if r["p_holm"] is None else f"{r['p_holm']:.3f}"
             lines.append(f"| {r['cell']} | {r['delta_mean']:+.2f} | {_ci(r)} | {p} | {r['verdict']} |")
+        verdicts = sorted({r["verdict"] for r in a["B"]["test"]})
+        lines += ["", f"These two learngenes: {', '.join(verdicts)} in every comparison (Δ from "
+                  f"{min(r['delta_mean'] for r in a['B']['test']):+.2f} to {max(r['delta_mean'] for r in a['B']['test']):+.2f}"
+                  " points)." if len(verdicts) == 1 else
+                  "These two learngenes: " + "; ".join(f"{r['cell']}: {r['verdict']}" for r in a["B"]["test"]) + "."]
     if a.get("levers"):
         lines += ["", "The plan's levers (`lgt:default` stage 1 only, stage 3 only, and a MobileNetV2 learngene distilled "
                   "for 800 steps instead of 200), in `small_vgg` at 10 % (6 seeds; Holm over these 6):", "",
