@@ -19,9 +19,9 @@ writes the file the old way.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import pickle
-import secrets
 import struct
 import zlib
 from dataclasses import dataclass
@@ -515,8 +515,16 @@ def patch_torch_zip(path: Path, copies: Sequence[Any], per_copy: Sequence[Mappin
                     f.seek(r.data_offset + lo)
                     f.write(bytes(buf))
             _set_crc(f, r, places)
-        if sid is not None and sid_places is not None:  # a new save has a new id, as torch.save gives it
+        if sid is not None and sid_places is not None and writes:
+            # torch derives the id from the content: other content, another id; the same content, the same id
             f.seek(sid.data_offset)
-            f.write("".join(secrets.choice("0123456789") for _ in range(sid.size)).encode())
+            h = hashlib.sha256(f.read(sid.size))
+            for key in sorted(writes):
+                r = targets[key][0]
+                f.seek(r.cd_offset + 16)
+                h.update(key.encode() + f.read(4))  # the record's new CRC-32
+            digits = str(int(h.hexdigest(), 16) % 10**sid.size).zfill(sid.size)
+            f.seek(sid.data_offset)
+            f.write(digits.encode())
             _set_crc(f, sid, sid_places)
     return True
