@@ -103,7 +103,6 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_user_factories_are_checked(user_modules: Path) -> None:
-    import torch
 
     # a function, an nn.Module class (a factory too) and a classmethod: each builds the user's own Net
     for spec in ("userfactories:good", "userfactories:Net", "userfactories:Holder.create"):
