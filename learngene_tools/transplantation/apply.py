@@ -79,10 +79,10 @@ def apply_plan(plan: TransplantPlan, out: str | Path, *, force: bool = False, re
     """
     out = Path(out)
     check_transplant_output(out, plan.bundle, plan.target, force)
-    return _write(plan, out, recipe, trust_pickle)
+    return _write(plan, out, recipe, trust_pickle, force)
 
 
-def _write(plan: TransplantPlan, out: Path, recipe: dict[str, Any] | None, trust_pickle: bool) -> Path:
+def _write(plan: TransplantPlan, out: Path, recipe: dict[str, Any] | None, trust_pickle: bool, force: bool) -> Path:
     """Write a plan whose output was checked: from what the plan loaded (read again only for a plan without it)."""
     ckpt = plan.target_checkpoint or open_target(plan.target, seed=plan.seed, trust_pickle=trust_pickle)[0]
     fmt = output_format(ckpt, out)
@@ -97,7 +97,7 @@ def _write(plan: TransplantPlan, out: Path, recipe: dict[str, Any] | None, trust
     }
     drop = tuple(ckpt.optimizer_state) if plan.drop_optimizer else ()
     save_checkpoint(ckpt, updates, out, metadata={TRANSPLANT_KEY: json.dumps(record, sort_keys=True)}, drop=drop,
-                    fmt=fmt)
+                    fmt=fmt, replace=force)
     return out
 
 
@@ -123,5 +123,5 @@ def transplant(
         check_transplant_output(Path(out), bundle, target, force)  # type: ignore[arg-type]
     plan = plan_transplant(bundle, target, s)
     if write:
-        _write(plan, Path(out), recipe, s.trust_pickle)  # type: ignore[arg-type]
+        _write(plan, Path(out), recipe, s.trust_pickle, force)  # type: ignore[arg-type]
     return plan
