@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from learngene_tools.errors import SettingsError
-from learngene_tools.settings import setting
+from learngene_tools.settings import coerce_fields, setting
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class AuxConfig:
     in_chans: int = setting(3, "Input channels.", cli=False, recipe=False)
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if len(self.widths) != 3 or len(self.depths) != 3:
             raise SettingsError("auxiliary model: widths and depths need exactly 3 entries (one per stage)")
         if self.depths[0] < 2 or min(self.depths) < 1 or min(self.widths) < 1:
@@ -57,6 +58,7 @@ class SelectionSettings:
     run_length: int | None = setting(None, "Layers per run (default: the whole stage).")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if not self.stages or any(s not in (1, 2, 3) for s in self.stages) or len(set(self.stages)) != len(self.stages):
             raise SettingsError(f"--stages must be distinct values among 1, 2, 3 (got {list(self.stages)})")
         if self.run_length is not None and self.run_length < 1:
