@@ -81,7 +81,7 @@ def _settings(name: str, value: object, cls: Callable[..., _S], overrides: Mappi
         value = cls(**value)
     elif not isinstance(value, cls):  # type: ignore[arg-type]
         raise SettingsError(f"{name}= takes a {cls.__name__}, a dict of its fields or None (got {_what(value)})")  # type: ignore[attr-defined]
-    return replace(value, **overrides) if overrides else value  # type: ignore[type-var]
+    return replace(value, **overrides) if overrides else value  # type: ignore[type-var,return-value]
 
 
 def _target(value: object) -> Any:
@@ -233,6 +233,7 @@ def extract(settings: DistillSettings | Mapping[str, Any] | None, options: RunOp
     from learngene_tools.pipeline import extract as run
 
     dest = _path("out", out)
+    assert dest is not None
     sel = _settings("selection", selection, SelectionSettings)
     s, opts, identified = _prepared(settings, options)
     summary = run(s, opts, dest, sel)

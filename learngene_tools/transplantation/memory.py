@@ -10,7 +10,7 @@ The plan and the tensors are those the file route gives for the same weights and
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -74,7 +74,7 @@ def apply_to_module(model: nn.Module, ckpt: Checkpoint, updates: Mapping[str, to
             live[key].copy_(t)
 
 
-def updated_state(ckpt: Checkpoint, per_copy: list[Mapping[str, torch.Tensor]]) -> Any:
+def updated_state(ckpt: Checkpoint, per_copy: Sequence[Mapping[str, torch.Tensor]]) -> Any:
     """The state_dict target with each copy's updates, as a new mapping of the same form (the input untouched).
 
     Updated tensors take the original's device and dtype; every other entry is the input's own object."""

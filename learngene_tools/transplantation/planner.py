@@ -286,7 +286,7 @@ def _traced_plan(header: Bundle, ckpt: Checkpoint, options: list[Any], s: Transp
     arch, result = chosen[0]
     arch.also = tuple(a.spec for a, _ in chosen[1:])
     others = [a.spec for a, _ in results if all(a is not b for b, _ in chosen)]
-    warnings = []
+    warnings: list[str] = []
     if others:
         warnings.append(advise("its keys and shapes also match {others}, which would place the learngene differently; "
                                "planned as {spec}, the simplest of them (fewest modules): pass {arch} if the file holds "
@@ -347,7 +347,8 @@ def _plan(header: Bundle, ckpt: Checkpoint, model: Any, s: TransplantSettings, a
         return place_layers(header, convs, target=ckpt.source, target_format=ckpt.fmt, wrapper=ckpt.wrapper_desc,
                             arch=arch, seed=s.seed, transfer_bn=s.transfer_bn, grouped=s.grouped)
 
-    plan, warnings = None, []
+    plan: TransplantPlan | None = None
+    warnings: list[str] = []
     if options:
         plan, why, warnings = _traced_plan(header, ckpt, options, s, place)
     if plan is None:
