@@ -58,7 +58,7 @@ class Architecture:
         text = f"identified as {self.spec} ({self.how}"
         if self.also:
             others = f"{', '.join(self.also[:3])}{' …' if len(self.also) > 3 else ''}"
-            text += f"; {others} {'also matches' if len(self.also) == 1 else 'also match'} and places the same"
+            text += f"; {others} {'also matches and places' if len(self.also) == 1 else 'also match and place'} the same"
         return text + ")"
 
 
