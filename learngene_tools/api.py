@@ -84,12 +84,12 @@ def _settings(name: str, value: object, cls: Callable[..., _S], overrides: Mappi
     return replace(value, **overrides) if overrides else value  # type: ignore[type-var,return-value]
 
 
-def _target(value: object) -> Any:
+def _target(value: object, bundle: Path | None = None, bundle_label: str = "") -> Any:
     """A transplant target: a reference or model spec (resolved), an nn.Module or a state_dict (as they are)."""
     if isinstance(value, (str, os.PathLike)) and str(os.fspath(value)):
         resolved = resolve_target(value)
         if isinstance(resolved, Path):
-            refuse_bundle_target(resolved, os.fspath(value))
+            refuse_bundle_target(resolved, os.fspath(value), bundle, bundle_label)
         return resolved
     from collections.abc import Mapping as AnyMapping
 
@@ -101,18 +101,29 @@ def _target(value: object) -> Any:
                         f"(got {_what(value)})")
 
 
-def refuse_bundle_target(path: Path, label: str) -> None:
-    """A bundle is what is transplanted, never where: a bundle given as the target is refused."""
+def _is_bundle(path: Path) -> bool:
     from learngene_tools.extraction.bundle import is_bundle_file
-    from learngene_tools.reporting import Advice
 
     if not os.path.isfile(path):
-        return
+        return False
     try:
-        bundle = is_bundle_file(path)
+        return is_bundle_file(path)
     except Exception:  # noqa: BLE001 - not a readable safetensors header: the checkpoint reader says why
-        bundle = False
-    if bundle:
+        return False
+
+
+def refuse_bundle_target(path: Path, label: str, bundle: Path | None = None, bundle_label: str = "") -> None:
+    """A bundle is what is transplanted, never where: a bundle given as the target is refused (and when the
+    bundle argument is a checkpoint, the two were swapped: say so)."""
+    from learngene_tools.reporting import Advice
+
+    if _is_bundle(path):
+        if bundle is not None and os.path.isfile(bundle) and not _is_bundle(bundle):
+            raise SettingsError(Advice(
+                f"{bundle_label}: is not a learngene bundle and {label} is: BUNDLE and TARGET look swapped "
+                "(lgt transplant BUNDLE TARGET)",
+                f"{bundle_label}: is not a learngene bundle and {label} is: bundle and target look swapped "
+                "(transplant(bundle, target, ...))"))
         raise SettingsError(Advice(
             f"{label}: is a learngene bundle, not a target; TARGET is the checkpoint (or model spec such as "
             "timm:resnet50) the bundle goes into",
@@ -269,7 +280,7 @@ def plan_transplant(bundle: Ref, target: Target, settings: TransplantSettings | 
     from learngene_tools.transplantation.planner import plan_transplant as plan
 
     b = resolve(_ref("bundle", bundle), expect_bundle=True)
-    t = _target(target)
+    t = _target(target, b, os.fspath(bundle))
     s = _settings("settings", settings, TransplantSettings, overrides)
     result = plan(b, t, s, arch=_arch(arch))
     emit(result.warnings)
@@ -313,7 +324,7 @@ def transplant(bundle: Ref, target: Target, out: str | os.PathLike[str] | None =
     from learngene_tools.transplantation.config import TransplantSettings
 
     b = resolve(_ref("bundle", bundle), expect_bundle=True)
-    t = _target(target)
+    t = _target(target, b, os.fspath(bundle))
     dest = _path("out", out, optional=True)
     s = _settings("settings", settings, TransplantSettings, overrides)
     if recipe is not None and not isinstance(recipe, dict):

@@ -149,7 +149,7 @@ def select(inputs: Inputs) -> None:
 def transplant(inputs: Inputs) -> None:
     """Initialise a target checkpoint's convs from a learngene bundle."""
     from learngene_tools import api
-    from learngene_tools.refs import resolve_target
+    from learngene_tools.refs import resolve, resolve_target
     from learngene_tools.transplantation.config import TransplantSettings
     from learngene_tools.transplantation.target import default_output
 
@@ -159,7 +159,7 @@ def transplant(inputs: Inputs) -> None:
                             "or a --recipe that names one")
     target = resolve_target(cmd.target)
     if isinstance(target, Path):
-        api.refuse_bundle_target(target, str(cmd.target))
+        api.refuse_bundle_target(target, str(cmd.target), resolve(cmd.bundle), cmd.bundle)
     dest = None if cmd.dry_run else (cmd.output or default_output(target))
     with _status(inputs, f"transplanting {cmd.bundle} into {cmd.target}"), warnings.catch_warnings():
         warnings.simplefilter("ignore", PlanWarning)  # printed below in the command line's words
