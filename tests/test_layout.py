@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).parent.parent / "learngene_tools"
 
 LAYERS: dict[str, int] = {
     # 0: vocabulary shared by everything
-    "errors": 0, "settings": 0,
+    "errors": 0, "settings": 0, "reporting": 0,
     # 1: files, model specs, model-independent helpers
     "io": 1, "architectures": 1, "architectures.specs": 1, "descendants": 1, "architectures.tracing": 1, "architectures.keysets": 1,
     # the parts' settings (standard library only: the CLI builds its options from them without torch)
@@ -32,8 +32,9 @@ LAYERS: dict[str, int] = {
     "distillation": 4, "extraction": 4, "transplantation": 4, "evaluation": 7,
     # 5-6: the pipeline across parts, the Hub, reference resolution
     "pipeline": 5, "hub": 5, "refs": 6,
+    "distillation.inputs": 6,  # a run's inputs checked before it runs: resolves references
     # 7: the public API and what is built on it
-    "api": 7, "demo": 7, "commands": 7, "recipes": 7,
+    "api": 7, "demo": 7, "commands": 7, "recipes": 7, "catalog": 7,
     # 8: the command line
     "cli": 8, "__main__": 8,
 }
