@@ -97,7 +97,8 @@ def apply_plan(plan: TransplantPlan, out: str | Path | None, *, force: bool = Fa
         **({"recipe": recipe} if recipe else {}),
     }
     drop = tuple(ckpt.optimizer_state) if plan.drop_optimizer else ()
-    save_checkpoint(ckpt, updates, out, metadata={TRANSPLANT_KEY: json.dumps(record, sort_keys=True)}, drop=drop)
+    save_checkpoint(ckpt, updates, out, metadata={TRANSPLANT_KEY: json.dumps(record, sort_keys=True)}, drop=drop,
+                    replace=force)
     return out
 
 
