@@ -42,7 +42,7 @@ def test_save_and_load_keeps_config(tmp_path):
 def test_bad_configs_are_clear_errors():
     with pytest.raises(LgtError, match="stage 1 needs depth >= 2"):
         AuxConfig(depths=(1, 2, 2))
-    with pytest.raises(LgtError, match="exactly 3"):
+    with pytest.raises(LgtError, match="AuxConfig.widths takes a list of 3 integers"):
         AuxConfig(widths=(8, 16))
     with pytest.raises(LgtError, match="not a learngene_tools auxiliary model"):
         config_from_state_dict({"conv.weight": torch.zeros(1, 1, 3, 3)})

@@ -15,7 +15,8 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "learngene_tools"
 
-SHARED = ("errors", "settings", "io", "models", "architectures", "hub", "refs", "descendants")
+SHARED = ("errors", "settings", "reporting", "io", "models", "architectures", "hub", "refs", "catalog",
+          "descendants")
 PIPELINE = ("distillation", "extraction", "transplantation", "evaluation")
 ON_TOP = ("api", "demo", "cli", "__main__")  # each may import the ones before it
 

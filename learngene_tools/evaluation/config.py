@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from learngene_tools.errors import SettingsError
-from learngene_tools.settings import setting, to_json
+from learngene_tools.settings import coerce_fields, setting, to_json
 
 BN_MODES = ("transfer", "target", "reestimate")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -58,6 +58,7 @@ class EvaluationSettings:
     jobs: int = setting(1, "Runs in parallel (processes; on one GPU when the models are small).", recipe=False)
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.min_steps < 0:
             raise SettingsError(f"--min-steps must be >= 0 (got {self.min_steps})")
         if self.seeds < 1 or self.epochs < 1 or self.batch_size < 1 or self.bn_batches < 1 or self.jobs < 1:
@@ -95,6 +96,7 @@ class Arm:
     kd: bool = False
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.bn not in BN_MODES:
             raise SettingsError(f"arm {self.name}: bn must be one of {', '.join(BN_MODES)} (got {self.bn!r})")
 

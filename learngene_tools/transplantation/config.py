@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from learngene_tools.errors import SettingsError
-from learngene_tools.settings import setting
+from learngene_tools.settings import coerce_fields, setting
 
 GROUPED_CHOICES = ("skip", "project")
 
@@ -36,6 +36,7 @@ class TransplantSettings:
                                           "matches the rewritten weights).")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.grouped not in GROUPED_CHOICES:
             raise SettingsError(f"--grouped must be one of {', '.join(GROUPED_CHOICES)} (got {self.grouped!r})")
         size = self.input_size
