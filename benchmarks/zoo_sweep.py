@@ -77,8 +77,9 @@ def list_families() -> dict[str, str]:
     return chosen
 
 
-def load_families(refresh: bool = False) -> dict[str, str]:
-    """The family list (cached in zoo_families.json, with the timm version it was made for)."""
+def load_families(refresh: bool = False, save: bool = True) -> dict[str, str]:
+    """The family list (cached in zoo_families.json, with the timm version it was made for; `save=False` never
+    writes that file, e.g. from the tests, which must not change the source tree)."""
     import timm
 
     if not refresh and FAMILIES_FILE.is_file():
@@ -86,8 +87,9 @@ def load_families(refresh: bool = False) -> dict[str, str]:
         if data.get("timm") == timm.__version__:
             return data["families"]
     families = list_families()
-    FAMILIES_FILE.write_text(json.dumps({"timm": timm.__version__, "families": families}, indent=1, sort_keys=True)
-                             + "\n")
+    if save:
+        FAMILIES_FILE.write_text(json.dumps({"timm": timm.__version__, "families": families}, indent=1,
+                                            sort_keys=True) + "\n")
     return families
 
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class LgtError(Exception):
-    """A problem with the user's input or environment: the message says what is wrong and what to do."""
+    """A problem with the user's input or environment: the message says what is wrong and what to do.
+
+    A message worded both ways (`reporting.Advice`) reads with Python argument names here and with command-line
+    flags in `cli_text`, which is what `lgt` prints.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(getattr(a, "for_api", a) for a in args))
+        self.cli_text = str(args[0]) if args else ""
 
     @property
     def kind(self) -> str:

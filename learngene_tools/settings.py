@@ -17,6 +17,7 @@ options then override. Adding a setting is adding one field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import types
@@ -196,6 +197,52 @@ def _coerce(s: Setting, value: Any, from_text: bool) -> Any:
     if s.option.choices and result not in s.option.choices:
         raise SettingsError(f"{s.flag} must be one of {', '.join(s.option.choices)} (got {value!r})")
     return result
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+_COERCIBLE = (bool, int, float, str, Path)
+
+
+def coerce_fields(obj: Any) -> None:
+    """Check and convert every declared setting of a settings object as it is built (call from `__post_init__`).
+
+    A path given as a string becomes a `Path` (and a `Path` a string where the field is one), a list a tuple, an
+    int a float; anything of the wrong type is a SettingsError naming the field (`TransplantSettings.seed`) for
+    Python and the flag (`--seed`) for the command line.
+    """
+    from learngene_tools.reporting import Advice
+
+    cls = type(obj)
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        opt = f.metadata.get(_KEY)
+        if opt is None:
+            continue
+        value = getattr(obj, f.name)
+        kind, optional = _split_optional(hints[f.name])
+        name = f"{cls.__name__}.{f.name}"
+        flag = "--" + (opt.name or f.name).replace("_", "-")
+        if value is None:
+            if optional:
+                continue
+            raise SettingsError(Advice(f"{flag} needs a value", f"{name} cannot be None"))
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, kind):  # type: ignore[arg-type]
+                raise SettingsError(f"{name} takes a {kind.__name__} (got {type(value).__name__} {value!r:.60})")
+            continue
+        if kind not in _COERCIBLE and typing.get_origin(kind) is not tuple:
+            continue
+        s = Setting(cls, (f.name,), opt, kind, optional, MISSING)
+        try:
+            new = _coerce(s, value, from_text=False)
+        except SettingsError as e:
+            raise SettingsError(Advice(str(e), str(e).replace(s.flag, name, 1))) from None
+        if type(new) is not type(value) or new != value:
+            object.__setattr__(obj, f.name, new)
 
 
 def settings_of(cls: type, _path: tuple[str, ...] = ()) -> list[Setting]:

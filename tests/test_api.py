@@ -28,10 +28,12 @@ from learngene_tools import (
     InvalidFileError,
     LayerRecord,
     LgtError,
+    LgtWarning,
     LossSettings,
     ModelError,
     NotFoundError,
     OutputError,
+    PlanWarning,
     RunOptions,
     SelectionSettings,
     SettingsError,
@@ -45,7 +47,9 @@ from learngene_tools import (
     distill,
     evaluate,
     extract,
+    list_bundles,
     load_checkpoint,
+    notices_to,
     plan_transplant,
     pull,
     push,
@@ -67,9 +71,16 @@ def test_the_package_exports_exactly_these_names():
     assert learngene_tools.transplant is transplant
 
 
-def test_importing_the_package_loads_no_torch():
-    code = "import sys, learngene_tools; assert 'torch' not in sys.modules and 'typer' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_bundles_at_hand_warnings_and_notices():
+    shipped = [b for b in list_bundles() if b["source"] == "shipped"]
+    assert any(b["default"] and b["layers"] > 0 and b["hash"].startswith("sha256:") for b in shipped)
+    assert issubclass(PlanWarning, LgtWarning) and issubclass(LgtWarning, UserWarning)
+    got: list[str] = []
+    with notices_to(got.append):
+        from learngene_tools.reporting import notice
+
+        notice("hello")
+    assert got == ["hello"]
 
 
 def test_resolve_and_read_bundle(bundle_tiny: Path):

@@ -42,18 +42,6 @@ def test_bundle_records_and_provenance(bundle_tiny, aux_tiny_file):
     assert p["tensor_hash"].startswith("sha256:")
 
 
-def test_header_read_needs_no_torch(bundle_tiny):
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from learngene_tools.io.bundle import describe_bundle; "
-        f"d = describe_bundle({str(bundle_tiny)!r}); assert d['hash_verified']; "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_bundle_bytes_are_deterministic(aux_tiny_file, tmp_path):
     from learngene_tools.extraction.config import SelectionSettings
     from learngene_tools.extraction.selection import select_from_file

@@ -114,7 +114,10 @@ def test_finds_state_dict_and_prefix():
     assert common_prefix(["module.a", "b"]) == ""
 
 
-def test_failed_write_leaves_nothing(tmp_path, bundle_tiny, monkeypatch):
+@pytest.mark.parametrize("where", ["patched copy", "full save"])
+def test_failed_write_leaves_nothing(tmp_path, bundle_tiny, monkeypatch, where):
+    from learngene_tools.io import torchzip, writing
+
     torch.save(tiny_vgg().state_dict(), tmp_path / "t.pt")
     out = tmp_path / "out.pt"
     out.write_bytes(b"previous output")
@@ -122,7 +125,11 @@ def test_failed_write_leaves_nothing(tmp_path, bundle_tiny, monkeypatch):
     def crash(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", crash)
+    if where == "full save":
+        monkeypatch.setattr(torchzip, "patch_torch_zip", lambda *a, **k: False)
+        monkeypatch.setattr(torch, "save", crash)
+    else:  # the zip file copied, then patched (io/torchzip.py)
+        monkeypatch.setattr(writing, "_copy_range", crash)
     with pytest.raises(OutputError, match="out.pt: cannot write .No space left on device.; nothing was written"):
         transplant(bundle_tiny, str(tmp_path / "t.pt"), out, force=True)
     assert out.read_bytes() == b"previous output"

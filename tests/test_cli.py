@@ -1,14 +1,16 @@
-"""The `lgt` command line, run as a user runs it: one subprocess per call.
+"""The `lgt` command line, run as a user runs it: `python -m learngene_tools ARGS`.
 
 Every bad input must give ONE line on stderr that says what is wrong and what to do,
 exit code 2, no traceback, nothing on stdout, and nothing written (no output, no
 temporary file, inputs untouched). Happy paths check what each command prints and
 writes.
 
-A call that imports torch costs about 2 s of CPU, so the GOOD and BAD calls are all
-started together (a thread pool of subprocesses) by one module-scoped fixture, and
-the tests assert on their results. tests/ is on the subprocesses' PYTHONPATH, for
-`--arch tinymodels:tiny_vgg` and for unpickling pickled_helpers with --trust-pickle.
+A subprocess that imports torch costs 2-6 s, so the GOOD and BAD calls run in this
+process (conftest.run_lgt: the same entry point, its own working folder, environment and
+captured streams), all made by one module-scoped fixture, and the tests assert on their
+results; `test_a_real_process_gives_what_the_in_process_call_gave` runs a sample of them
+as real processes and requires the same exit code, stdout and stderr. tests/ is on the
+PYTHONPATH, for `--arch tinymodels:tiny_vgg` and for unpickling pickled_helpers with --trust-pickle.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,6 @@ from learngene_tools.io.header import read_header
 TESTS = Path(__file__).parent
 WITH_TESTS = {"PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)}
 WORKERS = max(2, min(6, 2 * (os.cpu_count() or 1)))
-# `lgt inspect BUNDLE` without the fast path in __main__.py: the typer app itself.
-TYPER_LGT = [sys.executable, "-c", "import sys; from learngene_tools.cli.app import app; sys.argv[0] = 'lgt'; app()"]
 
 
 def _run_many(calls: dict[str, tuple[list[str], Path, dict[str, str]]]) -> dict[str, subprocess.CompletedProcess]:
@@ -315,6 +314,23 @@ def runs(calls: Calls) -> dict[str, Run]:
     return calls.runs
 
 
+REAL_PROCESS_SAMPLE = ("missing_target", "untrusted_dataclass", "output_exists", "inspect_corrupted_bundle_verify_json")
+
+
+def test_a_real_process_gives_what_the_in_process_call_gave(calls: Calls, inputs: Inputs):
+    """The contract as a user meets it: the same bad calls as real processes, byte for byte the same result."""
+    subst = {"in": str(inputs.dir), "inname": inputs.dir.name, "bundle": str(inputs.bundle), "aux": str(inputs.aux)}
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        real = dict(zip(REAL_PROCESS_SAMPLE, pool.map(
+            lambda n: run_lgt(*[a.format(**subst, out=calls.runs[n].out) for a in BAD[n].args], cwd=calls.runs[n].out,
+                              env_extra=WITH_TESTS, subprocess=True), REAL_PROCESS_SAMPLE)))
+    for name, p in real.items():
+        mine = calls.runs[name].proc
+        assert (p.returncode, p.stdout, p.stderr) == (mine.returncode, mine.stdout, mine.stderr), name
+        _one_error_line(p)
+        assert _listing(calls.runs[name].out) == calls.runs[name].before, name  # nothing written
+
+
 def test_no_call_modifies_an_input_or_writes_beside_it(calls: Calls):
     assert calls.inputs_after == calls.inputs_before
 
@@ -474,7 +490,7 @@ def test_inspect_checkpoint_does_not_depend_on_the_file_format(runs: dict[str, R
 
 
 def _typer_lgt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*TYPER_LGT, *args], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    return run_lgt(*args, typer_app=True)
 
 
 def test_inspect_bundle_text_and_json(inputs: Inputs):
@@ -530,15 +546,6 @@ def test_fast_inspect_repeated_verify_flags_agree_with_typer(inputs: Inputs):
     f, s = run_lgt(*args), _typer_lgt(*args)
     assert s.returncode == 0 and "(not verified)" in s.stdout
     assert (f.returncode, f.stdout, f.stderr) == (s.returncode, s.stdout, s.stderr)
-
-
-def test_fast_inspect_imports_neither_torch_nor_typer(inputs: Inputs):
-    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "learngene_tools", "inspect", str(inputs.bundle), "--json"],
-                       capture_output=True, text=True)
-    assert p.returncode == 0 and json.loads(p.stdout)["kind"] == "learngene bundle"
-    modules = {ln.rsplit("|", 1)[1].strip() for ln in p.stderr.splitlines() if ln.startswith("import time:") and "|" in ln}
-    assert "learngene_tools.io.bundle" in modules  # the parse worked
-    assert not {m for m in modules if m.split(".")[0] in ("torch", "typer", "safetensors", "numpy", "timm")}
 
 
 def test_version():

@@ -69,7 +69,7 @@ def test_control_values_are_seeded_and_per_filter() -> None:
 
 
 def test_control_is_validated_and_recorded(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="--control must be one of"):
+    with pytest.raises(SettingsError, match="TransplantSettings.control must be one of random-matched, shuffled"):
         TransplantSettings(control="random")
     import json
 

@@ -36,6 +36,7 @@ import bundletools as bt
 import pytest
 import tinymodels
 import torch
+from conftest import run_lgt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
@@ -55,7 +56,6 @@ from learngene_tools.io.reading import load_checkpoint
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "COLUMNS": "200",
        "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)}
-TYPER_LGT = [sys.executable, "-c", "import sys; from learngene_tools.cli.app import app; sys.argv[0] = 'lgt'; app()"]
 WORKERS = max(2, min(6, 2 * (os.cpu_count() or 1)))
 TIMEOUT = 300
 FUZZ_EXAMPLES = int(os.environ.get("LGT_FUZZ_EXAMPLES", "300"))
@@ -482,6 +482,7 @@ def _cli_clean(p: subprocess.CompletedProcess) -> tuple[bool, str]:
     return ok, shown
 
 
+@pytest.mark.slow  # a few hundred real `lgt` processes: run by .ci/run and `pytest -m slow`
 def test_corpus_through_the_cli(corpus: Corpus, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -510,10 +511,8 @@ def test_corpus_through_the_cli(corpus: Corpus, tmp_path: Path) -> None:
 
 def test_fast_inspect_reports_a_broken_header_exactly_as_the_full_cli(corpus: Corpus, tmp_path: Path) -> None:
     picks = [c for c in corpus.cases if c.role == "bundle" and c.fault in ("header-json", "offsets")][::9]
-    with ThreadPoolExecutor(WORKERS) as pool:
-        fast = list(pool.map(lambda c: _run([sys.executable, "-m", "learngene_tools", "inspect", c.path, "--json"],
-                                            tmp_path), picks))
-        full = list(pool.map(lambda c: _run([*TYPER_LGT, "inspect", c.path, "--json"], tmp_path), picks))
+    fast = [run_lgt("inspect", c.path, "--json", cwd=tmp_path) for c in picks]  # in this process: see run_lgt
+    full = [run_lgt("inspect", c.path, "--json", cwd=tmp_path, typer_app=True) for c in picks]
     for c, f, s in zip(picks, fast, full):
         assert (f.returncode, f.stdout, f.stderr) == (s.returncode, s.stdout, s.stderr), c.name
 

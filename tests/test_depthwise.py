@@ -137,8 +137,9 @@ def test_choose_fastest_skips_a_wrong_candidate_and_keeps_the_fastest():
 
 
 def test_teacher_conv_setting_is_checked():
-    with pytest.raises(SettingsError, match="--teacher-conv"):
+    with pytest.raises(SettingsError, match="RunOptions.teacher_conv must be one of") as e:
         RunOptions(teacher_conv="winograd")
+    assert e.value.cli_text.startswith("--teacher-conv must be one of")  # what `lgt` prints
     with pytest.raises(SettingsError, match="--teacher-conv"):
         use_fast_depthwise(nn.Conv2d(2, 2, 9, padding=4, groups=2), "winograd")
 

@@ -4,7 +4,7 @@ Each is built offline with random init, receives the learngene, loads strictly, 
 pass and one real training step (the package's own loss), and the initialised convs are the
 backbone's: stage-1 learngene in the first convs, the last-stage run at the end of stride 16.
 These packages come with `pip install -e ".[descendants]"` (CI installs it); without them the
-tests are skipped.
+tests are skipped. Full-size models training a step on CPU: `slow` (run by .ci/run and `pytest -m slow`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from learngene_tools.architectures.specs import build_model
 from learngene_tools.transplantation.apply import transplant
 
 os.environ.setdefault("YOLO_VERBOSE", "False")
+pytestmark = pytest.mark.slow
 
 CASES = {
     "yolov8n": dict(
@@ -42,6 +43,16 @@ CASES = {
         params=64 * 3 * 49 + 64 * 64 * 9 + 3 * 256 * 256 * 9,
     ),
 }
+
+
+def _forward(name: str, model: torch.nn.Module) -> torch.Tensor:
+    """The model's main output (YOLO's predictions, DETR's class logits, the segmentation mask) in eval mode."""
+    model.eval()
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        y = model(pixel_values=x).logits if name == "detr_resnet50" else model(x)
+    return y[0] if isinstance(y, (tuple, list)) else y
 
 
 def _training_step(name: str, model: torch.nn.Module) -> torch.Tensor:
@@ -92,10 +103,13 @@ def test_descendant_takes_the_learngene(name: str, bundle_small: Path, tmp_path:
     assert any(k.endswith("running_var") for k in changed), "BN statistics travel with their conv"
 
     model = build_model(spec, seed=1)
+    model.load_state_dict(original, strict=True)  # the target as it was: only the plan's tensors differ from `written`
+    before = _forward(name, model)
     model.load_state_dict(written, strict=True)
-    model.eval()
-    with torch.no_grad():
-        y = model(pixel_values=torch.rand(1, 3, 224, 224)) if name == "detr_resnet50" else model(torch.rand(1, 3, 224, 224))
-    assert y is not None
+    after = _forward(name, model)
+    assert after.shape == before.shape and after.shape[0] == 1 and torch.isfinite(after).all()
+    if name == "deeplabv3plus_resnet50":
+        assert after.shape[-2:] == (224, 224)  # a mask at the input's size
+    assert not torch.equal(after, before), "the loaded learngene must change what the model computes"
     loss = _training_step(name, model)
     assert torch.isfinite(loss)

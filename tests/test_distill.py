@@ -245,6 +245,7 @@ def _run_cli_distill(work: Path, teacher: Path, nproc: int) -> subprocess.Comple
 
 
 @pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX system")
+@pytest.mark.slow  # torchrun: three interpreters and a rendezvous
 def test_torchrun_gloo_two_processes_equal_one(tmp_path: Path, teacher_file: Path) -> None:
     one = _run_cli_distill(tmp_path / "one", teacher_file, 1)
     assert one.returncode == 0, one.stderr

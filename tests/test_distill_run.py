@@ -265,6 +265,7 @@ def _finish(p: subprocess.Popen) -> None:
     assert p.returncode == 0, err
 
 
+@pytest.mark.slow  # three real distillation processes, one SIGKILLed
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkilled_distill_resumes_to_the_same_bytes(tmp_path: Path, teacher_file: Path) -> None:
     teacher = teacher_file  # tiny_vgg's weights: hanging_vgg has the same names

@@ -16,7 +16,7 @@ import yaml
 from conftest import run_lgt
 
 pytest.register_assert_rewrite("hubenv")
-from hubenv import ALICE, BOB, one_error_line, repo_with_bundle
+from hubenv import ALICE, BOB, one_error_line, point_huggingface_hub_at, repo_with_bundle
 
 from learngene_tools import describe, hub, resolve
 from learngene_tools.errors import LgtError
@@ -300,7 +300,9 @@ def test_errors_are_one_actionable_line(case, fake_hub, hub_env, bundle_tiny, au
     repo_with_bundle(fake_hub, "carol/gated", bundle_tiny.read_bytes(), gated=True)
     repo_with_bundle(fake_hub, "carol/public", bundle_tiny.read_bytes())
     if case == "no network":
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+        endpoint = f"http://127.0.0.1:{_closed_port()}"
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        point_huggingface_hub_at(monkeypatch, endpoint, Path(hub_env["HF_HOME"]))  # lgt runs in this process
     if case in ("gated, token not granted", "push to someone else's repo"):
         monkeypatch.setenv("HF_TOKEN", BOB)
     args, expected = ERROR_CASES[case]

@@ -95,8 +95,9 @@ def test_unidentified_target_warns_estimates_and_require_traced_refuses(bundle_t
     assert plan.identification.startswith("not identified: no model that timm, torchvision")
     assert len(plan.warnings) == 1 and "--arch" in plan.warnings[0] and "--require-traced" in plan.warnings[0]
     assert plan.to_json()["strides"] == "estimated"
-    with pytest.raises(ModelError, match="architecture was not identified .* pass --arch"):
+    with pytest.raises(ModelError, match="architecture was not identified .* pass arch=SPEC") as e:
         transplant(bundle_tiny, str(tmp_path / "mine.pth"), tmp_path / "out.pth", require_traced=True)
+    assert "pass --arch SPEC" in e.value.cli_text  # what `lgt` prints
     assert not (tmp_path / "out.pth").exists()
     traced = transplant(bundle_tiny, str(tmp_path / "mine.pth"), None, arch="tinymodels:tiny_vgg", require_traced=True)
     assert traced.strides == "traced" and not traced.warnings

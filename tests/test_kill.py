@@ -23,6 +23,8 @@ import torch
 
 from learngene_tools.io.files import temp_pattern
 
+pytestmark = pytest.mark.slow  # real processes killed at many points of a ~96 MB write: run by .ci/run, -m slow
+
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)}
 BIG = 24 * 2**20  # float32 elements of the padding tensor: ~96 MB

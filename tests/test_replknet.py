@@ -288,6 +288,7 @@ def test_grad_checkpointing_trains():
 # --- loading released checkpoints
 
 
+@pytest.mark.slow  # the real 80M-parameter RepLKNet-31B, built, written and loaded on CPU
 def test_released_31b_checkpoint_loads_strictly(tmp_path):
     ref = reference_shapes("replknet_31b_train")
     state = fill_state(ref, seed=3)

@@ -103,11 +103,12 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_user_factories_are_checked(user_modules: Path) -> None:
-    import torch
 
-    assert isinstance(build_model("userfactories:good"), torch.nn.Module)
-    assert isinstance(build_model("userfactories:Net"), torch.nn.Module)  # an nn.Module class is a factory too
-    assert isinstance(build_model("userfactories:Holder.create"), torch.nn.Module)
+    # a function, an nn.Module class (a factory too) and a classmethod: each builds the user's own Net
+    for spec in ("userfactories:good", "userfactories:Net", "userfactories:Holder.create"):
+        m = build_model(spec)
+        assert (type(m).__module__, type(m).__name__) == ("userfactories", "Net"), spec
+        assert [tuple(p.shape) for p in m.parameters()] == [(8, 3, 3, 3), (8,)], spec
     for spec, error, fragment in [
         ("userfactories:needs_args", ModelError, "cannot be called without arguments"),
         ("userfactories:returns_int", ModelError, "returned int, not a torch.nn.Module"),
@@ -130,13 +131,17 @@ def test_user_factories_are_checked(user_modules: Path) -> None:
 
 
 def test_builtin_descendants_and_registries_are_always_allowed() -> None:
+    import torch
+
     for spec in ("timm:resnet18", "torchvision:resnet18", "learngene_tools.descendants:small_vgg", "resnet18"):
         assert not is_code_spec(spec)
         check_spec(spec, source="recipe r.toml")  # no --trust-code needed
     assert is_code_spec("userfactories:good") and is_code_spec("os:system")
     with pytest.raises(UnsafeInputError, match="recipe r.toml names code to import and run.*pass --trust-code"):
         check_spec("userfactories:good", source="recipe r.toml")
-    assert build_model("learngene_tools.descendants:small_vgg") is not None
+    vgg = build_model("learngene_tools.descendants:small_vgg")  # VGG-16's 13 convs at small widths, 1 channel in
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in vgg.modules()) == 13
+    assert vgg(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
 
 
 # --- through the CLI --------------------------------------------------------------------------------------

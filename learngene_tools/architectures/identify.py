@@ -54,18 +54,24 @@ class Architecture:
     @property
     def identified(self) -> bool:
         """True when found by identification (not given by the user)."""
-        return self.how not in ("given with --arch", "model spec")
+        return self.how not in GIVEN
 
     def describe(self) -> str:
         """One line: 'identified as timm:resnet50 (exact key and shape match)'."""
         if self.how == "model spec":
             return f"built from {self.spec}"
-        if self.how == "given with --arch":
-            return f"{self.spec} (given with --arch)"
+        if self.how == "given module":
+            return f"{self.spec}, traced as it is"
+        if self.how in GIVEN:
+            return f"{self.spec} ({self.how})"
         text = f"identified as {self.spec} ({self.how}"
         if self.also:
-            text += f"; {', '.join(self.also[:3])}{' …' if len(self.also) > 3 else ''} also match(es) and place(s) the same"
+            others = f"{', '.join(self.also[:3])}{' …' if len(self.also) > 3 else ''}"
+            text += f"; {others} {'also matches and places' if len(self.also) == 1 else 'also match and place'} the same"
         return text + ")"
+
+
+GIVEN = ("given with --arch", "given with arch=", "model spec", "given module")  # how an architecture not identified
 
 
 def _quiet(fn: Callable[[], nn.Module]) -> nn.Module:

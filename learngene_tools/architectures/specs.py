@@ -1,5 +1,10 @@
 """Model specs: ``timm:NAME`` (or a bare timm name), ``torchvision:NAME``, ``package.module:factory``.
 
+Any spec may end in keyword arguments with literal values, ``timm:resnet18(num_classes=10, in_chans=1)``:
+they are read with `ast.literal_eval` (numbers, strings, True/False/None, tuples, lists, dicts), never
+evaluated as code, and go to the model's constructor. Arguments that load weights (`pretrained`, a
+checkpoint or file path, ...) are refused: a spec builds a randomly initialised model.
+
 Every model is built with random initialisation; nothing is downloaded. A spec runs code, so:
 
 - `timm:`, `torchvision:` (registry names) and the built-in descendants
@@ -17,6 +22,7 @@ Every model is built with random initialisation; nothing is downloaded. A spec r
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import inspect
@@ -31,16 +37,17 @@ from learngene_tools.errors import ModelError, UnsafeInputError
 if TYPE_CHECKING:
     from torch import nn
 
-_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(.*)?$", re.DOTALL)
+_LOADS_WEIGHTS = ("pretrained", "checkpoint", "weights", "file", "path", "url", "download", "hub", "cache")
 REGISTRY_PREFIXES = ("timm", "torchvision")
 BUILTIN_MODULES = ("learngene_tools.descendants", "learngene_tools.models.descendants")
 _REFUSED_TOPS = {"__main__", "builtins", "learngene_tools"}  # besides sys.stdlib_module_names
 _COMMAND_LINE_MODULES: set[str] = set()  # modules named by specs typed on the command line
 
 
-def is_model_spec(text: str) -> bool:
-    """True for `prefix:name` strings that are not existing files."""
-    if not _SPEC.match(text):
+def is_model_spec(text: object) -> bool:
+    """True for `prefix:name` (or `prefix:name(key=value, ...)`) strings that are not existing files."""
+    if not isinstance(text, str) or not _SPEC.match(text):
         return False
     try:
         return not Path(text).exists()
@@ -48,7 +55,45 @@ def is_model_spec(text: str) -> bool:
         return True
 
 
+def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """(the spec without arguments, its keyword arguments): `timm:resnet18(num_classes=10)` ->
+    (`timm:resnet18`, {"num_classes": 10}). Values must be literals; ModelError otherwise."""
+    base, paren, rest = spec.partition("(")
+    if not paren:
+        return spec, {}
+    if not rest.endswith(")"):
+        raise ModelError(f"{spec}: arguments go in one pair of parentheses at the end, e.g. timm:resnet18(num_classes=10)")
+    try:
+        call = ast.parse(f"f({rest}", mode="eval").body
+    except (SyntaxError, ValueError):
+        raise ModelError(f"{spec}: cannot read its arguments; write key=value pairs with literal values, "
+                         "e.g. timm:resnet18(num_classes=10, in_chans=1)") from None
+    assert isinstance(call, ast.Call)
+    if call.args or any(k.arg is None for k in call.keywords):
+        raise ModelError(f"{spec}: arguments must be key=value pairs (no positional arguments, no **)")
+    kwargs: dict[str, Any] = {}
+    for k in call.keywords:
+        assert k.arg is not None
+        if k.arg in kwargs:
+            raise ModelError(f"{spec}: {k.arg}= is given twice")
+        if any(word in k.arg.lower() for word in _LOADS_WEIGHTS):
+            raise ModelError(f"{spec}: {k.arg}= would load weights or files; a spec builds a randomly initialised "
+                             "model (transplant into a checkpoint file to start from trained weights)")
+        try:
+            kwargs[k.arg] = ast.literal_eval(k.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise ModelError(f"{spec}: {k.arg}= must be a literal (a number, string, True/False/None, or a "
+                             "tuple, list or dict of them), not an expression") from None
+    return base, kwargs
+
+
+def spec_name(spec: str) -> str:
+    """The model name of a spec, without prefix and arguments (`timm:resnet18(num_classes=10)` -> `resnet18`)."""
+    return _parts(spec)[1]
+
+
 def _parts(spec: str) -> tuple[str, str]:
+    spec = spec.partition("(")[0]
     prefix, _, name = spec.partition(":") if ":" in spec else ("timm", ":", spec)
     return prefix, name
 
@@ -148,7 +193,8 @@ def _call(spec: str, factory: Any, kwargs: dict[str, Any]) -> Any:
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as e:
-        raise ModelError(f"{spec}: the factory cannot be called without arguments ({e})") from None
+        given = f"with {', '.join(kwargs)}" if kwargs else "without arguments"
+        raise ModelError(f"{spec}: the factory cannot be called {given} ({e})") from None
     except ValueError:
         pass  # no signature to check
     try:
@@ -170,9 +216,13 @@ def build_model(spec: str, seed: int = 0, *, source: str | None = None, **kwargs
     import torch
     from torch import nn
 
+    if not isinstance(spec, str):
+        raise ModelError(f"a model spec is a string such as timm:resnet50 (got {type(spec).__name__})")
     check_spec(spec, source)
+    base, given = split_spec(spec)
+    kwargs = {**given, **kwargs}
     torch.manual_seed(seed)
-    prefix, name = _parts(spec)
+    prefix, name = _parts(base)
     if prefix in ("lgt", "hf"):
         raise ModelError(f"{spec}: is a bundle reference, not a model spec (timm:NAME, torchvision:NAME, "
                          "pkg.module:factory)")
@@ -182,7 +232,12 @@ def build_model(spec: str, seed: int = 0, *, source: str | None = None, **kwargs
 
             if not timm.is_model(name):
                 raise ModelError(f"unknown timm model {name!r}; `python -c \"import timm; print(timm.list_models('*{name[:4]}*'))\"` lists near names")
-            return timm.create_model(name, pretrained=False, **kwargs)
+            try:
+                return timm.create_model(name, pretrained=False, **kwargs)
+            except TypeError as e:
+                if not kwargs:
+                    raise
+                raise ModelError(f"{spec}: timm's {name} does not take these arguments ({e})") from None
         if prefix == "torchvision":
             import torchvision
 
@@ -191,9 +246,14 @@ def build_model(spec: str, seed: int = 0, *, source: str | None = None, **kwargs
             except ValueError:
                 raise ModelError(f"unknown torchvision model {name!r}") from None
             try:
-                return builder(weights=None, weights_backbone=None, **kwargs)
-            except TypeError:
-                return builder(weights=None, **kwargs)
+                try:
+                    return builder(weights=None, weights_backbone=None, **kwargs)
+                except TypeError:
+                    return builder(weights=None, **kwargs)
+            except (TypeError, ValueError) as e:
+                if not kwargs:
+                    raise
+                raise ModelError(f"{spec}: torchvision's {name} does not take these arguments ({e})") from None
         model = _call(spec, _factory(spec, prefix, name), kwargs)
     except ImportError as e:
         raise ModelError(f"{spec}: cannot import {e.name or prefix} ({e}); install it first") from None

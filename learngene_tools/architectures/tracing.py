@@ -67,6 +67,14 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter or buffer (float32 when it has none)."""
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
 def input_channels(model: nn.Module) -> int:
     """Image channels the model takes: timm's `in_chans`/pretrained_cfg, else its first conv's input channels."""
     for attr in ("in_chans", "in_channels", "num_channels"):
@@ -141,8 +149,8 @@ def run_trace(model: nn.Module, input_size: tuple[int, int, int], *, features: b
         calls.append(Call(mod, names[mod], _first_tensor(args), _first_tensor(output)))
 
     handles = [m.register_forward_hook(hook) for m in hooked]
-    x = torch.zeros(1, *input_size, device=model_device(model))
-    was_training = model.training
+    x = torch.zeros(1, *input_size, device=model_device(model), dtype=model_dtype(model))
+    was_training = {m: m.training for m in model.modules()}  # each module's own mode (a frozen BN stays in eval)
     model.eval()
     try:
         with torch.no_grad():
@@ -155,7 +163,8 @@ def run_trace(model: nn.Module, input_size: tuple[int, int, int], *, features: b
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in was_training.items():
+            m.training = mode
     return Trace(calls, _image_side(calls, input_size[1]))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import typer
+import typer.core
 
 from learngene_tools import __version__
 from learngene_tools.cli import render
@@ -32,10 +33,41 @@ from learngene_tools.cli.commands import (
 )
 from learngene_tools.cli.options import Inputs, settings_command
 from learngene_tools.cli.progress import distill_progress
-from learngene_tools.errors import LgtError, NotFoundError, SettingsError
-from learngene_tools.hub import is_hf_ref
+from learngene_tools.errors import LgtError, SettingsError
+from learngene_tools.reporting import PlanWarning
+
+# the commands in the order of the pipeline: make a learngene, share it, look at it, use it, measure it
+ORDER = ("distill", "select", "extract", "push", "pull", "list", "inspect", "transplant", "evaluate", "demo")
+
+
+class _PipelineOrder(typer.core.TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "distill": ("lgt distill RepLKNet-31B_ImageNet-1K_224.pth --data imagenet/train --work-dir run1",
+                "lgt distill ancestry.pth --arch replknet_31b --steps 200 --device cpu  # a short data-free run"),
+    "select": ("lgt select run1/aux.safetensors -o learngene.safetensors",
+               "lgt select run1/aux.safetensors --stages 1 -o first-stage.safetensors"),
+    "extract": ("lgt extract RepLKNet-31B_ImageNet-1K_224.pth --data imagenet/train -o learngene.safetensors",
+                "lgt extract --recipe recipes/extract_replknet31b_imagenet.toml --dry-run  # what would run"),
+    "push": ("lgt push learngene.safetensors alice/my-learngene --license mit",),
+    "pull": ("lgt pull alice/my-learngene", "lgt pull alice/my-learngene --revision v1"),
+    "list": ("lgt list", "lgt list --json"),
+    "inspect": ("lgt inspect lgt:default", "lgt inspect resnet50.safetensors  # its convs and what a transplant does",
+                "lgt inspect hf://alice/my-learngene  # reads the header only"),
+    "transplant": ("lgt transplant lgt:default resnet50.pth -o resnet50_lg.pth",
+                   "lgt transplant lgt:default 'timm:resnet18(num_classes=10)' -o resnet18_lg.safetensors",
+                   "lgt transplant hf://alice/my-learngene my_model/ --dry-run  # a save_pretrained folder",
+                   "lgt transplant lgt:default torchvision:mobilenet_v2 --grouped project -o mbv2_lg.safetensors"),
+    "evaluate": ("lgt evaluate lgt:default --arch timm:resnet18 --data cifar10/ --seeds 3",),
+    "demo": ("lgt demo", "lgt demo --target torchvision:vgg16 --out-dir demo-vgg"),
+}
 
 app = typer.Typer(
+    cls=_PipelineOrder,
     name="lgt",
     help="CLKG learngene tools: distil a large CNN into a learngene, inspect it, transplant it into any CNN.",
     no_args_is_help=True,
@@ -58,7 +90,7 @@ def guarded(fn: Callable[[], Any], as_json: bool) -> Any:
     except LgtError as e:
         if os.environ.get("LGT_DEBUG"):
             raise
-        render.print_failure(err, str(e), e.kind, 2, as_json)
+        render.print_failure(err, getattr(e, "cli_text", "") or str(e), e.kind, 2, as_json)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         render.print_failure(err, "interrupted; nothing was written", "interrupted", 130, as_json)
@@ -74,12 +106,6 @@ def guarded(fn: Callable[[], Any], as_json: bool) -> Any:
 def _status(inputs: Inputs, message: str) -> Any:
     """A spinner on a terminal, nothing otherwise (or when quiet)."""
     return err.status(message) if err.is_terminal and not inputs.quiet else contextlib.nullcontext()
-
-
-def _note(inputs: Inputs, message: str) -> None:
-    """A one-line note on stderr (not with --quiet or --json)."""
-    if not inputs.quiet and not inputs.as_json:
-        err.print(f"note: {message}", soft_wrap=True, highlight=False)
 
 
 def _is_main_process() -> bool:
@@ -100,7 +126,7 @@ def main_options(
     """CLKG learngene tools."""
 
 
-@settings_command(app, "select", guard=guarded)
+@settings_command(app, "select", guard=guarded, examples=EXAMPLES["select"])
 def select(inputs: Inputs) -> None:
     """Select a learngene from a trained auxiliary model and write it as a bundle."""
     from learngene_tools import api
@@ -120,11 +146,11 @@ def select(inputs: Inputs) -> None:
         out.print(f"wrote [bold]{cmd.output}[/]")
 
 
-@settings_command(app, "transplant", recipe_kind="transplant", guard=guarded)
+@settings_command(app, "transplant", recipe_kind="transplant", guard=guarded, examples=EXAMPLES["transplant"])
 def transplant(inputs: Inputs) -> None:
     """Initialise a target checkpoint's convs from a learngene bundle."""
     from learngene_tools import api
-    from learngene_tools.refs import resolve_target
+    from learngene_tools.refs import resolve, resolve_target
     from learngene_tools.transplantation.config import TransplantSettings
     from learngene_tools.transplantation.target import default_output
 
@@ -133,8 +159,11 @@ def transplant(inputs: Inputs) -> None:
         raise SettingsError("give a TARGET (a checkpoint file or a model spec such as timm:resnet50), "
                             "or a --recipe that names one")
     target = resolve_target(cmd.target)
+    if isinstance(target, Path):
+        api.refuse_bundle_target(target, str(cmd.target), resolve(cmd.bundle), cmd.bundle)
     dest = None if cmd.dry_run else (cmd.output or default_output(target))
-    with _status(inputs, f"transplanting {cmd.bundle} into {cmd.target}"):
+    with _status(inputs, f"transplanting {cmd.bundle} into {cmd.target}"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", PlanWarning)  # printed below in the command line's words
         plan = api.transplant(cmd.bundle, target, dest, inputs[TransplantSettings], force=cmd.force,
                               dry_run=cmd.dry_run, recipe=inputs.recipe)
     for w in plan.warnings:
@@ -149,7 +178,7 @@ def transplant(inputs: Inputs) -> None:
         out.print("dry run: nothing written" if dest is None else f"wrote [bold]{dest}[/]")
 
 
-@settings_command(app, "inspect", guard=guarded)
+@settings_command(app, "inspect", guard=guarded, examples=EXAMPLES["inspect"])
 def inspect(inputs: Inputs) -> None:
     """Describe a bundle (from its header alone) or a checkpoint's conv layers."""
     from learngene_tools.cli.inspect import inspect_file
@@ -159,7 +188,7 @@ def inspect(inputs: Inputs) -> None:
                  quiet=inputs.quiet, out=out)
 
 
-@settings_command(app, "pull", guard=guarded)
+@settings_command(app, "pull", guard=guarded, examples=EXAMPLES["pull"])
 def pull(inputs: Inputs) -> None:
     """Download a learngene bundle into the Hugging Face cache and print its local path."""
     from learngene_tools.hub import commit_of
@@ -174,7 +203,7 @@ def pull(inputs: Inputs) -> None:
         sys.stdout.write(f"{path}\n")  # plain, never wrapped: `$(lgt pull …)` works
 
 
-@settings_command(app, "push", guard=guarded)
+@settings_command(app, "push", guard=guarded, examples=EXAMPLES["push"])
 def push(inputs: Inputs) -> None:
     """Upload a bundle with a generated model card (README.md) to a Hub model repo (needs HF_TOKEN)."""
     from learngene_tools.hub import DEFAULT_FILENAME
@@ -208,7 +237,22 @@ def push(inputs: Inputs) -> None:
         out.print(f"use it with: lgt pull {r.repo_id}{fname}{rev}  |  lgt transplant {ref} TARGET -o OUT", soft_wrap=True)
 
 
-@settings_command(app, "demo", guard=guarded)
+@settings_command(app, "list", guard=guarded, examples=EXAMPLES["list"])
+def list_(inputs: Inputs) -> None:
+    """List the learngene bundles at hand: shipped with lgt, and pulled into the Hugging Face cache."""
+    from learngene_tools.catalog import list_bundles
+
+    bundles = list_bundles()
+    if inputs.as_json:
+        render.print_json({"bundles": bundles})
+    elif inputs.quiet:
+        for b in bundles:
+            sys.stdout.write(f"{b['ref']}\n")
+    else:
+        render.show_bundle_list(out, bundles)
+
+
+@settings_command(app, "demo", guard=guarded, examples=EXAMPLES["demo"])
 def demo(inputs: Inputs) -> None:
     """Run the whole pipeline on built-in models: auxiliary model -> learngene -> ResNet-50, printing each step."""
     from learngene_tools.demo import run_demo
@@ -233,38 +277,21 @@ def demo(inputs: Inputs) -> None:
 
 
 def _distill_args(inputs: Inputs, synthetic: bool) -> tuple[Any, Any, str | None]:
-    """Settings and run options of distill/extract, with the checks that span several settings; the ancestry's
-    architecture identified from its checkpoint when --arch is not given (and how)."""
+    """Settings and run options of distill/extract, checked and completed by the library (the ancestry's
+    architecture identified from its checkpoint when --arch is not given), with the notes to print once it runs."""
     from dataclasses import replace
 
     from learngene_tools.distillation.config import DistillSettings, RunOptions
+    from learngene_tools.distillation.inputs import prepare
 
-    settings: DistillSettings = inputs[DistillSettings]
-    opts: RunOptions = inputs[RunOptions]
-    if opts.ancestry is None:
-        raise SettingsError("give the ancestry checkpoint (or a --recipe that names it)")
-    if synthetic and settings.data is not None:
-        raise SettingsError("give one of --data DIR (a folder of images) and --synthetic (procedural images), not both")
-    if settings.data is not None and not os.path.isdir(settings.data):  # os.path: never raises (a name too long)
-        raise NotFoundError(f"{settings.data}: no such folder of images (--data takes a folder; without it, "
-                            "procedural images are used)")
-    if not is_hf_ref(opts.ancestry) and not os.path.isfile(opts.ancestry):
-        raise NotFoundError(f"{opts.ancestry}: no such ancestry checkpoint")
-    identified = None
-    if settings.arch is None:
-        from learngene_tools.architectures.identify import identify_ancestry
-        from learngene_tools.refs import resolve
-
-        spec, how = identify_ancestry(resolve(opts.ancestry), trust_pickle=opts.trust_pickle)
-        settings, identified = replace(settings, arch=spec), f"identified as {spec} ({how})"
+    settings, opts, identified = prepare(inputs[DistillSettings], inputs[RunOptions], synthetic=synthetic)
     notes = []
     if identified and not inputs.quiet and _is_main_process():
         notes.append(f"note: ancestry {identified}")
     if settings.data is None and not synthetic and not inputs.quiet and _is_main_process():
         notes.append("note: no --data: distilling data-free on procedural images; give --data DIR (a folder of "
                      "images, e.g. ImageNet's train/) to distil on real ones")
-    progress = None if (inputs.quiet or inputs.as_json) else distill_progress(err, settings.steps,
-                                                                                      plain=inputs.verbose)
+    progress = None if (inputs.quiet or inputs.as_json) else distill_progress(err, settings.steps, plain=inputs.verbose)
     return settings, replace(opts, progress=_after_setup(notes, progress), recipe=inputs.recipe), identified
 
 
@@ -304,7 +331,7 @@ def _show_dry_run(inputs: Inputs, settings: Any, opts: Any, output: Path | None,
         render.show_run_plan(out, d)
 
 
-@settings_command(app, "distill", recipe_kind="extract", guard=guarded)
+@settings_command(app, "distill", recipe_kind="extract", guard=guarded, examples=EXAMPLES["distill"])
 def distill(inputs: Inputs) -> None:
     """Distil an auxiliary model from an ancestry (CLKG stage 1); writes WORK_DIR/aux.safetensors."""
     from learngene_tools import api
@@ -325,7 +352,7 @@ def distill(inputs: Inputs) -> None:
         render.show_distill_summary(out, summary)
 
 
-@settings_command(app, "extract", recipe_kind="extract", guard=guarded)
+@settings_command(app, "extract", recipe_kind="extract", guard=guarded, examples=EXAMPLES["extract"])
 def extract(inputs: Inputs) -> None:
     """Distil an auxiliary model from an ancestry, then select its learngene into a bundle (distill + select)."""
     from learngene_tools import api
@@ -351,7 +378,7 @@ def extract(inputs: Inputs) -> None:
         out.print(f"wrote [bold]{cmd.output}[/]")
 
 
-@settings_command(app, "evaluate", recipe_kind="evaluate", guard=guarded)
+@settings_command(app, "evaluate", recipe_kind="evaluate", guard=guarded, examples=EXAMPLES["evaluate"])
 def evaluate(inputs: Inputs) -> None:
     """Fine-tune a descendant from scratch and from the learngene (and KD with --teacher) over seeds and data fractions."""
     import shlex

@@ -16,14 +16,16 @@ from learngene_tools.extraction.config import SelectionSettings
 from learngene_tools.settings import setting
 from learngene_tools.transplantation.config import TransplantSettings
 
-REF_HELP = "a path, lgt:NAME (a shipped bundle) or hf://OWNER/REPO/FILE[@REVISION]"
+REF_HELP = "a path, lgt:NAME (a shipped bundle: `lgt list` shows them) or hf://OWNER/REPO/FILE[@REVISION]"
+FILE_HELP = "a path or hf://OWNER/REPO/FILE[@REVISION]"  # a checkpoint: never a shipped bundle
 
 
 @dataclass(frozen=True)
 class SelectCommand:
     """`lgt select`: the auxiliary model in, the bundle out."""
 
-    aux: str = setting(help=f"Trained auxiliary model (.safetensors/.pt): {REF_HELP}.", positional=True, recipe=False)
+    aux: str = setting(help=f"Trained auxiliary model (.safetensors/.pt; `lgt distill` writes WORK_DIR/aux.safetensors): "
+                            f"{FILE_HELP}.", positional=True, recipe=False)
     output: Path = setting(Path("learngene.safetensors"), "Bundle to write.", short="-o")
     force: bool = setting(False, "Overwrite an existing output.", recipe=False)
     trust_pickle: bool = setting(False, "Allow arbitrary pickled objects (trusted files only).", recipe=False)
@@ -34,8 +36,10 @@ class TransplantCommand:
     """`lgt transplant`: bundle and target in, the descendant checkpoint out."""
 
     bundle: str = setting(help=f"Learngene bundle: {REF_HELP}.", positional=True, recipe=False)
-    target: str | None = setting(None, f"Target checkpoint ({REF_HELP}), or a model spec: timm:NAME, "
-                                       "torchvision:NAME, pkg.module:factory.", positional=True)
+    target: str | None = setting(None, f"The checkpoint to initialise ({FILE_HELP}; a file or a save_pretrained "
+                                       "folder), or a model spec built with random weights: timm:NAME, "
+                                       "torchvision:NAME, pkg.module:factory, with literal arguments such as "
+                                       "timm:resnet18(num_classes=10).", positional=True)
     output: Path | None = setting(None, "Descendant checkpoint (default: <target>_lg.<ext> here).", short="-o")
     dry_run: bool = setting(False, "Show the plan and write nothing.", recipe=False)
     force: bool = setting(False, "Overwrite an existing output.", recipe=False)
@@ -65,7 +69,8 @@ class ExtractCommand(DistillCommand):
 class InspectCommand:
     """`lgt inspect`: one file or model spec."""
 
-    file: str = setting(help=f"A bundle or checkpoint ({REF_HELP}), or a model spec (timm:NAME).", positional=True)
+    file: str = setting(help=f"A bundle or checkpoint ({REF_HELP}), or a model spec (timm:NAME, "
+                             "torchvision:NAME(num_classes=10)).", positional=True)
     arch: str | None = setting(None, "Model of a checkpoint (timm:NAME, torchvision:NAME or pkg.module:factory), "
                                      "for exact strides.", metavar="SPEC")
     verify: bool | None = setting(None, "Re-hash a bundle's tensor bytes (default: yes for a local file; a Hub "
@@ -98,6 +103,11 @@ class PushCommand:
 
 
 @dataclass(frozen=True)
+class ListCommand:
+    """`lgt list`: the bundles at hand (shipped, and pulled into the Hugging Face cache); no options of its own."""
+
+
+@dataclass(frozen=True)
 class DemoCommand:
     """`lgt demo`: the whole pipeline on built-in models."""
 
@@ -114,8 +124,8 @@ class EvaluateCommand:
     output_dir: Path = setting(Path("lgt-evaluate"), "Folder for NAME.json (every run), NAME.md (the tables) and "
                                                      "NAME.png (accuracy per epoch); created if missing.", short="-o")
     name: str = setting("evaluation", "File name (stem) of the outputs.")
-    teacher: str | None = setting(None, f"Ancestry checkpoint ({REF_HELP}): adds a KD row, the descendant trained "
-                                        "from scratch with feature distillation from it.")
+    teacher: str | None = setting(None, f"Ancestry checkpoint ({FILE_HELP}): adds a KD row, the descendant trained "
+                                        "from scratch with feature distillation from it.", metavar="FILE")
     resume: bool = setting(False, "Keep the runs an earlier evaluation with the same settings left in NAME.json.",
                            recipe=False)
     force: bool = setting(False, "Overwrite existing outputs.", recipe=False)
@@ -131,6 +141,7 @@ COMMANDS: dict[str, tuple[type, ...]] = {
     "pull": (PullCommand,),
     "push": (PushCommand,),
     "demo": (DemoCommand,),
+    "list": (ListCommand,),
     "distill": (RunOptions, DistillCommand, DistillSettings),
     "extract": (RunOptions, ExtractCommand, DistillSettings, SelectionSettings),
     "evaluate": (EvaluateCommand, EvaluationSettings),

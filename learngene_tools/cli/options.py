@@ -84,6 +84,12 @@ def _param(s: Setting) -> inspect.Parameter:
     return inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[typ], default=info)
 
 
+def _print_notice(message: str) -> None:
+    from learngene_tools.cli import render
+
+    render.console(stderr=True).print(f"note: {message}", soft_wrap=True, highlight=False, markup=False)
+
+
 def command_settings(name: str) -> list[Setting]:
     """The command's settings shown on the command line, one per name (the first class that declares it wins)."""
     seen: dict[str, Setting] = {}
@@ -97,18 +103,23 @@ def command_settings(name: str) -> list[Setting]:
 
 def settings_command(
     app: typer.Typer, name: str, *, recipe_kind: str | None = None, help: str | None = None,
-    guard: Callable[[Callable[[], Any], bool], Any] | None = None,
+    guard: Callable[[Callable[[], Any], bool], Any] | None = None, examples: tuple[str, ...] = (),
 ) -> Callable[[Callable[[Inputs], None]], Callable[..., None]]:
     """Register `fn(inputs)` as command `name`, its options generated from `COMMANDS[name]`.
 
     `guard(body, as_json)` runs the body (reading the settings included), e.g. to turn errors into one line.
+    `examples` (command lines, each maybe followed by `  # what it does`) end its `--help`.
     """
     shown = command_settings(name)
 
     def decorate(fn: Callable[[Inputs], None]) -> Callable[..., None]:
         def callback(ctx: typer.Context, **kwargs: Any) -> None:
             def body() -> None:
-                fn(gather(ctx, name, kwargs, shown, recipe_kind))
+                from learngene_tools.reporting import notices_to
+
+                silent = bool(kwargs.get("quiet") or kwargs.get("as_json"))
+                with notices_to(None if silent else _print_notice):  # the library's notices, as `note:` lines
+                    fn(gather(ctx, name, kwargs, shown, recipe_kind))
 
             (guard or (lambda b, _: b()))(body, bool(kwargs.get("as_json")))
 
@@ -119,7 +130,8 @@ def settings_command(
         callback.__doc__ = help or fn.__doc__
         callback.__name__ = name
         functools.update_wrapper(callback, fn, assigned=("__module__", "__qualname__"), updated=())
-        app.command(name=name, help=help or fn.__doc__)(callback)
+        epilog = "Examples:\n\n\b\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+        app.command(name=name, help=help or fn.__doc__, epilog=epilog)(callback)
         return callback
 
     return decorate

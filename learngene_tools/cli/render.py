@@ -208,3 +208,18 @@ def show_distill_summary(out: Console, summary: dict[str, Any]) -> None:
               f"({summary['skipped_images']} unreadable skipped) on {summary['world_size']} {summary['device']} "
               f"process(es), {summary['precision']}; final loss {summary['final_loss']:.4f} "
               f"(stages {', '.join(f'{v:.4f}' for v in losses)}) -> {summary['aux_path']}", soft_wrap=True)
+
+
+def show_bundle_list(out: Console, bundles: list[dict[str, Any]]) -> None:
+    """`lgt list`: one row per bundle at hand (reference, where from, layers, stages, hash)."""
+    if not bundles:
+        out.print("no bundles: none shipped, none in the Hugging Face cache (`lgt pull OWNER/REPO` adds one)")
+        return
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("bundle", "from", "layers", "stages", "ancestry", "tensor hash"):
+        t.add_column(col)
+    for b in bundles:
+        ref = b["ref"] + (" (lgt:default)" if b.get("default") else "")
+        t.add_row(escape(ref), b["source"], str(b["layers"]), ",".join(map(str, b["stages"])),
+                  escape(str(b.get("ancestry") or "?")), b["hash"].removeprefix("sha256:")[:16])
+    out.print(t)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from learngene_tools.errors import SettingsError
 from learngene_tools.models.variants import AuxConfig, variants_of
-from learngene_tools.settings import setting, to_json
+from learngene_tools.settings import coerce_fields, setting, to_json
 
 PRECISIONS = ("auto", "bf16", "fp32")
 LOSS_KINDS = ("smoothl1", "l2", "paper")
@@ -27,6 +27,7 @@ class LossSettings:
     beta: float = setting(2.0, "SmoothL1 beta.")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.kind not in LOSS_KINDS:
             raise SettingsError(f"--loss must be one of {', '.join(LOSS_KINDS)} (got {self.kind!r})")
         if len(self.alphas) != 3 or any(a < 0 for a in self.alphas) or not any(a > 0 for a in self.alphas):
@@ -74,6 +75,7 @@ class DistillSettings:
                                                            "else ImageNet's).")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         for name in ("img_size", "batch_size", "steps", "synthetic_length"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
@@ -125,6 +127,7 @@ class RunOptions:
     progress: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.ckpt_every < 1 or self.log_every < 1 or self.num_workers < 0:
             raise SettingsError("--ckpt-every and --log-every must be at least 1, --workers at least 0")
         if self.teacher_conv not in TEACHER_CONV_MODES:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from learngene_tools.errors import SettingsError
-from learngene_tools.settings import setting, to_json
+from learngene_tools.settings import coerce_fields, setting, to_json
 from learngene_tools.transplantation.config import CONTROLS
 
 BN_MODES = ("transfer", "target", "reestimate")
@@ -72,6 +72,7 @@ class EvaluationSettings:
     jobs: int = setting(1, "Runs in parallel (processes; on one GPU when the models are small).", recipe=False)
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.steps is not None and self.steps < self.epochs:
             raise SettingsError(f"--steps must be at least --epochs ({self.epochs}; got {self.steps})")
         if self.steps is not None and self.min_steps:
@@ -126,6 +127,7 @@ class Arm:
     control: str | None = None  # "random-matched" | "shuffled": the learngene's plan with its values replaced
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.bn not in BN_MODES:
             raise SettingsError(f"arm {self.name}: bn must be one of {', '.join(BN_MODES)} (got {self.bn!r})")
         if self.control is not None and (self.control not in CONTROLS or self.bundle is None):

@@ -46,7 +46,7 @@ def build_descendant(spec: str, seed: int, in_chans: int, num_classes: int) -> n
 def _factory(spec: str) -> Any:
     import importlib
 
-    module, _, name = spec.partition(":")
+    module, _, name = spec.partition("(")[0].partition(":")
     try:
         return getattr(importlib.import_module(module), name, None)
     except ImportError:

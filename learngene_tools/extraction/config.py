@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from learngene_tools.errors import SettingsError
-from learngene_tools.settings import setting
+from learngene_tools.settings import coerce_fields, setting
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class SelectionSettings:
     run_length: int | None = setting(None, "Layers per run (default: the whole stage).")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if not self.stages or any(s not in (1, 2, 3) for s in self.stages) or len(set(self.stages)) != len(self.stages):
             raise SettingsError(f"--stages must be distinct values among 1, 2, 3 (got {list(self.stages)})")
         if self.run_length is not None and self.run_length < 1:

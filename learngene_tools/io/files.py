@@ -232,13 +232,75 @@ def _write_error(out: Path, e: OSError) -> OutputError:
     return OutputError(f"{out}: cannot write ({_why(e)}); nothing was written")
 
 
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV}
+
+
+def _renameat2_noreplace(src: Path, dst: Path) -> bool:
+    """rename(2) that fails with EEXIST when `dst` exists (Linux renameat2 RENAME_NOREPLACE); False where the
+    kernel, libc or filesystem lacks it."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def publish(tmp: Path, out: Path, replace: bool) -> None:
+    """Move the finished `tmp` to `out` in one step. Without `replace`, an `out` that appeared meanwhile (another
+    writer won the race) is left as it is and this write fails: an OutputError, `tmp` still there to remove.
+
+    A file is published by renameat2(RENAME_NOREPLACE), else by a hard link (link(2) never replaces) and the
+    removal of `tmp`; a folder by renameat2, else by a rename after a check (a small race remains only there).
+    """
+    if replace:
+        os.replace(tmp, out)
+        return
+    exists = OutputError(f"{out}: already exists (written by another process meanwhile); pass --force to "
+                         "overwrite it")
+    try:
+        if _renameat2_noreplace(tmp, out):
+            return
+    except FileExistsError:
+        raise exists from None
+    if os.path.isdir(tmp):
+        if os.path.lexists(out):
+            raise exists
+        os.rename(tmp, out)
+        return
+    try:
+        os.link(tmp, out, follow_symlinks=False)
+    except FileExistsError:
+        raise exists from None
+    except OSError as e:
+        if e.errno not in _UNSUPPORTED:
+            raise
+        if os.path.lexists(out):  # a filesystem without hard links: check, then rename
+            raise exists from None
+        os.rename(tmp, out)
+        return
+    os.unlink(tmp)
+
+
 @contextlib.contextmanager
-def atomic_path(out: Path) -> Iterator[Path]:
+def atomic_path(out: Path, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `out`; on success it is fsynced and renamed onto `out`, else removed.
 
-    Temporary files that dead writers left for the same output are removed first. An OS error while
-    creating, writing or renaming (permission denied, read-only folder, no space, name too long)
-    becomes an OutputError; the body's readers report input errors themselves.
+    With `replace=False` (an output written without --force) an existing `out` is never replaced, even one
+    that another process wrote after the checks: exactly one of two such writers wins, the other fails with
+    one OutputError line. Temporary files that dead writers left for the same output are removed first.
+    An OS error while creating, writing or renaming (permission denied, read-only folder, no space, name too
+    long) becomes an OutputError; the body's readers report input errors themselves.
     """
     out = Path(out)
     remove_stale_temps(out)
@@ -253,7 +315,7 @@ def atomic_path(out: Path) -> Iterator[Path]:
         st = _stat_output(out, follow=False)
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
             raise OutputError(f"{out}: became {_kind(st.st_mode)} while writing; nothing was written")
-        os.replace(tmp, out)
+        publish(tmp, out, replace)
         _fsync_dir(out.parent)
     except OSError as e:
         raise _write_error(out, e) from None

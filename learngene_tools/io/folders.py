@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Iterator
 
 from learngene_tools.errors import InvalidFileError, NotFoundError, OutputError
+from learngene_tools.io.files import publish
 
 FOLDER_WEIGHT_PICKLES = ("pytorch_model.bin", "model.bin")
 FOLDER_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
@@ -69,21 +71,24 @@ def fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(out: Path) -> Iterator[Path]:
+def atomic_folder(out: Path, replace: bool = True) -> Iterator[Path]:
     """Yield an empty temporary folder beside `out`; on success it replaces `out` by renames, else it is removed.
 
-    A crash leaves either the old `out` or the new one (never a half-written folder under that name).
+    A crash leaves either the old `out` or the new one (never a half-written folder under that name). With
+    `replace=False` (no --force) an `out` that exists by then, even an empty folder or a file another process
+    made after the checks, is never replaced: the write fails with one OutputError line.
     """
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"  # distinct for every write, threads of one process too
+    tmp, old = out.with_name(f".{out.name}.tmp-{tag}"), out.with_name(f".{out.name}.old-{tag}")
     tmp.mkdir()
     try:
         yield tmp
         for p in tmp.rglob("*"):
             if p.is_file():
                 fsync_file(p)
+        if not replace:
+            publish(tmp, out, replace=False)
+            return
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)

@@ -108,13 +108,16 @@ def save_checkpoint(
     metadata: dict[str, str] | None = None,
     drop: tuple[str, ...] = (),
     fmt: str | None = None,
+    replace: bool = False,
 ) -> None:
     """Write `ckpt` with `updates` applied to every copy of its weights to `out`, atomically, in the checkpoint's
     own format and wrapper.
 
     `updates` is one mapping for every copy, or one per copy (`copy_readers` order). `metadata` is added to a
     safetensors header (pickles have nowhere neutral to hold it). `drop` names entries to leave out: optimizer
-    state (`ckpt.optimizer_state`). `fmt` is `output_format(ckpt, out)` when the caller has it.
+    state (`ckpt.optimizer_state`). `fmt` is `output_format(ckpt, out)` when the caller has it. An existing `out`
+    is replaced only with `replace` (--force); without it, one that appears while this runs makes the write fail
+    instead of being overwritten.
     """
     n = max(1, len(ckpt.copies) or len(ckpt.weight_sets))
     per_copy = list(updates) if isinstance(updates, (list, tuple)) else [updates] * n
@@ -126,10 +129,10 @@ def save_checkpoint(
                 raise AssertionError(f"update for {key} does not match the target's key/shape/dtype")
     fmt = fmt or output_format(ckpt, out)
     if fmt == "folder":
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, replace) as tmp:
             _write_folder(ckpt, per_copy, tmp, metadata or {}, drop)
         return
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace) as tmp:
         _write_file(ckpt, per_copy, tmp, fmt, {**ckpt.metadata, **(metadata or {})}, drop)
 
 
@@ -139,6 +142,11 @@ def _write_file(ckpt: Checkpoint, per_copy: list[Updates], tmp: Path, fmt: str, 
     if ckpt.fmt == "safetensors":
         _patch_safetensors(ckpt, updates, tmp, meta)
     elif ckpt.fmt == "pickle":
+        if not drop and zipfile.is_zipfile(ckpt.path):  # stream it: unchanged storages copied, changed ones rewritten
+            from learngene_tools.io.torchzip import patch_torch_zip
+
+            if patch_torch_zip(ckpt.path, ckpt.copies, per_copy, tmp, _copy_range):
+                return
         container = ckpt._container
         if drop and isinstance(container, dict):
             container = {k: v for k, v in container.items() if k not in drop}

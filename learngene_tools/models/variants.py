@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from learngene_tools.errors import SettingsError
-from learngene_tools.settings import setting
+from learngene_tools.settings import coerce_fields, setting
 
 C = TypeVar("C")
 
@@ -26,6 +26,7 @@ class AuxConfig:
     in_chans: int = setting(3, "Input channels.", cli=False, recipe=False)
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if len(self.widths) != 3 or len(self.depths) != 3:
             raise SettingsError("auxiliary model: widths and depths need exactly 3 entries (one per stage)")
         if self.depths[0] < 2 or min(self.depths) < 1 or min(self.widths) < 1:

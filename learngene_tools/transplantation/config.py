@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from learngene_tools.errors import SettingsError
-from learngene_tools.settings import setting
+from learngene_tools.settings import coerce_fields, setting
 
 GROUPED_CHOICES = ("skip", "project")
 CONTROLS = ("random-matched", "shuffled")  # control transplants (transplantation/control.py)
@@ -42,10 +42,9 @@ class TransplantSettings:
                                           "matches the rewritten weights).")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.grouped not in GROUPED_CHOICES:
             raise SettingsError(f"--grouped must be one of {', '.join(GROUPED_CHOICES)} (got {self.grouped!r})")
-        if self.control is not None and self.control not in CONTROLS:
-            raise SettingsError(f"--control must be one of {', '.join(CONTROLS)} (got {self.control!r})")
         size = self.input_size
         if size is not None and (len(size) not in (2, 3) or min(size[-2:]) < 8 or min(size) < 1):
             raise SettingsError(f"--input-size takes H,W or C,H,W with H and W at least 8 (got {list(size)})")

@@ -13,14 +13,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from learngene_tools.errors import ModelError
+from torch import nn
+
+from learngene_tools.errors import LgtError, ModelError, SettingsError
 from learngene_tools.io.bundle import BN_PARTS, Bundle, LayerRecord, read_bundle
 from learngene_tools.io.checkpoint import Checkpoint
+from learngene_tools.reporting import advise
 from learngene_tools.transplantation.adapt import keep_by_norm
 from learngene_tools.transplantation.config import TransplantSettings
 from learngene_tools.transplantation.convs import TargetConv, conv_kind
 from learngene_tools.transplantation.target import (
     NOT_IDENTIFIED,
+    Target,
     architectures,
     estimated_convs,
     note,
@@ -92,8 +96,15 @@ class TransplantPlan:
     target_checkpoint: Checkpoint | None = field(default=None, compare=False, repr=False)  # the opened target
     loaded_bundle: Bundle | None = field(default=None, compare=False, repr=False)  # the bundle with its tensors
     target_model: Any = field(default=None, compare=False, repr=False)  # the model the plan was traced through
+    target_module: Any = field(default=None, compare=False, repr=False)  # an nn.Module target, initialised in place
     rescale: bool = False  # kernels rescaled to the target conv's own standard deviation when applied
     control: str | None = None  # "random-matched" | "shuffled": a control transplant (transplantation/control.py)
+
+    @property
+    def in_memory(self) -> bool:
+        """True for a plan made for an nn.Module or a state_dict (applied with `apply_plan(plan, None)`)."""
+        ckpt = self.target_checkpoint
+        return ckpt is not None and ckpt.fmt == "model" and ckpt.arch is None
 
     @property
     def placed(self) -> list[Assignment]:
@@ -281,44 +292,80 @@ def _traced_plan(header: Bundle, ckpt: Checkpoint, options: list[Any], s: Transp
     arch, result = chosen[0]
     arch.also = tuple(a.spec for a, _ in chosen[1:])
     others = [a.spec for a, _ in results if all(a is not b for b, _ in chosen)]
-    warnings = []
+    warnings: list[str] = []
     if others:
-        warnings.append(f"its keys and shapes also match {', '.join(others)}, which would place the learngene "
-                        f"differently; planned as {arch.spec}, the simplest of them (fewest modules): pass --arch SPEC if the file holds another")
+        warnings.append(advise("its keys and shapes also match {others}, which would place the learngene differently; "
+                               "planned as {spec}, the simplest of them (fewest modules): pass {arch} if the file holds "
+                               "another", others=", ".join(others), spec=arch.spec))
     if isinstance(result, ModelError):
         raise result
     return replace(result, identification=arch.describe(), target_model=arch.model(True)), "", warnings
 
 
-def plan_transplant(bundle: str | Path, target: str | Path, settings: TransplantSettings | None = None) -> TransplantPlan:
-    """Plan a transplant of a local bundle file into a target file, folder or model spec (nothing is written).
+def plan_transplant(bundle: str | Path, target: Target, settings: TransplantSettings | None = None, *,
+                   arch: Any = None) -> TransplantPlan:
+    """Plan a transplant of a local bundle file into a target (nothing is written): a checkpoint file or folder, a
+    model spec, an nn.Module (traced as it is) or a state_dict. `arch` (a spec or an nn.Module) overrides
+    `settings.arch`.
 
     The plan keeps what it loaded (the bundle's tensors, the opened target, the model it traced), so that
     applying it reads nothing again.
     """
     s = settings or TransplantSettings()
+    arch = s.arch if arch is None else arch
     header = read_bundle(bundle)  # verified once, tensors and all: apply_plan adapts these very tensors
     ckpt, model = open_target(target, seed=s.seed, trust_pickle=s.trust_pickle)
-    options, why = architectures(ckpt, s.arch, model, s.seed, notify=note)
+    if model is not None and ckpt.arch is None and arch is not None:
+        raise SettingsError("arch= names the architecture of a state_dict or a file; an nn.Module target is traced "
+                            "as it is: leave arch out")
+    plan, warnings = _plan(header, ckpt, model, s, arch)
+    left = [a for a in plan.assignments if not a.placed]
+    if left and s.grouped == "skip" and any(c.groups > 1 for c in plan.convs):
+        try:
+            alt, _ = _plan(header, ckpt, model, replace(s, grouped="project"), arch)
+        except LgtError:
+            alt = None
+        if alt is not None and len(alt.placed) > len(plan.placed):
+            warnings.append(advise(
+                "{placed} of {total} learngene layers placed: grouped or depthwise convs were skipped; "
+                "{grouped_project} would place {more} (each takes the block-diagonal part of the learngene kernel)",
+                placed=len(plan.placed), total=len(plan.assignments), more=len(alt.placed)))
+    for run in header.runs():
+        if not any(a.placed for a in plan.assignments if a.layer in {r.id for r in run}):
+            red = run[-1].reduction
+            where = f"at stride <= {red}" if run[0].in_reduction == 1 else f"at stride {red}"
+            guessed = " (strides estimated, not traced)" if plan.strides == "estimated" else ""
+            warnings.append(advise("no layer of stage {stage} ({n} at output stride {red}) was placed: the target "
+                                   "has no free conv {where}{guessed}", stage=run[0].stage, n=len(run), red=red,
+                                   where=where, guessed=guessed))
+    if ckpt.optimizer_state and not s.drop_optimizer:
+        warnings.append(advise("the target's optimizer state ({entries}) is kept as it was and no longer matches the "
+                               "{n} rewritten tensors; {drop_optimizer} leaves it out",
+                               entries=", ".join(ckpt.optimizer_state), n=len(plan.changed_keys())))
+    return replace(plan, target_checkpoint=ckpt, loaded_bundle=header,
+                   target_module=target if isinstance(target, nn.Module) else None,
+                   copies=tuple(ckpt.copy_labels), optimizer_state=tuple(ckpt.optimizer_state),
+                   drop_optimizer=s.drop_optimizer, warnings=tuple(warnings), rescale=s.rescale,
+                   control=s.control)
+
+
+def _plan(header: Bundle, ckpt: Checkpoint, model: Any, s: TransplantSettings, arch: Any) -> tuple[TransplantPlan, list[str]]:
+    """The plan through the architecture (given, the target's own model, or identified), else on estimated strides."""
+    options, why = architectures(ckpt, arch, model, s.seed, notify=note)
 
     def place(convs: list[TargetConv], arch: str | None) -> TransplantPlan:
         return place_layers(header, convs, target=ckpt.source, target_format=ckpt.fmt, wrapper=ckpt.wrapper_desc,
                             arch=arch, seed=s.seed, transfer_bn=s.transfer_bn, grouped=s.grouped)
 
-    plan, warnings = None, []
+    plan: TransplantPlan | None = None
+    warnings: list[str] = []
     if options:
         plan, why, warnings = _traced_plan(header, ckpt, options, s, place)
     if plan is None:
         if s.require_traced:
-            raise ModelError(f"{ckpt.source}: the architecture was not identified ({why}); pass --arch SPEC "
-                             "(timm:NAME, torchvision:NAME or pkg.module:factory) to trace it")
+            raise ModelError(advise("{source}: the architecture was not identified ({why}); pass {arch} "
+                                    "(timm:NAME, torchvision:NAME or pkg.module:factory) to trace it",
+                                    source=ckpt.source, why=why))
         plan = replace(place(estimated_convs(ckpt, s.grouped), None), identification=f"not identified: {why}")
-        warnings.append(NOT_IDENTIFIED.format(why=why))
-    if ckpt.optimizer_state and not s.drop_optimizer:
-        warnings.append(f"the target's optimizer state ({', '.join(ckpt.optimizer_state)}) is kept as it was and no "
-                        f"longer matches the {len(plan.changed_keys())} rewritten tensors; --drop-optimizer leaves "
-                        "it out")
-    return replace(plan, target_checkpoint=ckpt, loaded_bundle=header, copies=tuple(ckpt.copy_labels),
-                   optimizer_state=tuple(ckpt.optimizer_state), drop_optimizer=s.drop_optimizer,
-                   warnings=tuple(warnings), rescale=s.rescale, control=s.control)
-
+        warnings.append(advise(NOT_IDENTIFIED, why=why))
+    return plan, list(warnings)

@@ -3,29 +3,39 @@ layers with their roles."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Union
 
 import torch
 from torch import nn
 
 from learngene_tools.architectures.identify import Architecture, identify
 from learngene_tools.architectures.keysets import align_model
-from learngene_tools.architectures.specs import build_model, is_model_spec
+from learngene_tools.architectures.specs import build_model, is_model_spec, spec_name
 from learngene_tools.architectures.tracing import model_device, model_input_size
-from learngene_tools.errors import ModelError
+from learngene_tools.errors import ModelError, SettingsError
 from learngene_tools.io.checkpoint import Checkpoint, checkpoint_from_state_dict
 from learngene_tools.io.reading import load_checkpoint
+from learngene_tools.reporting import notice
 from learngene_tools.transplantation.convs import TargetConv, convs_from_state, trace_convs
+from learngene_tools.transplantation.memory import module_checkpoint, state_dict_checkpoint
 
 NOT_IDENTIFIED = ("the architecture was not identified ({why}); strides are estimated from channel widths, "
-                  "so placements may be wrong: pass --arch SPEC (timm:NAME, torchvision:NAME or pkg.module:factory) "
-                  "to trace it, or --require-traced to refuse")
+                  "so placements may be wrong: pass {arch} (timm:NAME, torchvision:NAME or pkg.module:factory) "
+                  "to trace it, or {require_traced} to refuse")
+
+Target = Union[str, Path, nn.Module, Mapping[str, Any]]
 
 
-def open_target(target: str | Path, seed: int = 0, trust_pickle: bool = False) -> tuple[Checkpoint, torch.nn.Module | None]:
-    """A target checkpoint file or folder, or a freshly built model for a spec such as `timm:resnet50`."""
+def open_target(target: Target, seed: int = 0, trust_pickle: bool = False) -> tuple[Checkpoint, torch.nn.Module | None]:
+    """A target checkpoint file or folder, a freshly built model for a spec such as `timm:resnet50`, or an in-memory
+    module or state_dict (`transplantation.memory`)."""
+    if isinstance(target, nn.Module):
+        return module_checkpoint(target), target
+    if isinstance(target, Mapping):
+        ckpt = state_dict_checkpoint(target)
+        ckpt.check_copies_agree()
+        return ckpt, None
     if isinstance(target, str) and is_model_spec(target):
         model = build_model(target, seed=seed)
         return checkpoint_from_state_dict(model.state_dict(), target, arch=target), model
@@ -47,11 +57,26 @@ def given_architecture(ckpt: Checkpoint, arch: str, seed: int = 0) -> Architectu
     return Architecture(arch, "given with --arch", lambda meta: model, key_map=key_map)
 
 
-def architectures(ckpt: Checkpoint, arch: str | None = None, model: nn.Module | None = None, seed: int = 0,
-                  notify: Callable[[str], None] | None = None) -> tuple[list[Architecture], str]:
-    """The architectures to trace (one when given or hinted; all exact matches otherwise), or none and why."""
+def given_module(ckpt: Checkpoint, module: nn.Module) -> Architecture:
+    """An `nn.Module` given as the architecture of a state_dict (`arch=` in Python), its keys aligned."""
+    if not isinstance(module, nn.Module):
+        raise SettingsError(f"arch= takes a model spec string or an nn.Module (got {type(module).__name__})")
+    name = f"<{type(module).__name__} module>"
+    key_map = align_model(module, ckpt.shapes, _classifier(module), what=f"the arch= module {type(module).__name__}")
+    return Architecture(name, "given with arch=", lambda meta: module, key_map=key_map)
+
+
+def architectures(ckpt: Checkpoint, arch: str | nn.Module | None = None, model: nn.Module | None = None,
+                  seed: int = 0, notify: Callable[[str], None] | None = None) -> tuple[list[Architecture], str]:
+    """The architectures to trace (one when given or hinted; all exact matches otherwise), or none and why.
+
+    `model`: the target's own model (built from a spec, or the module given as the target), traced as it is.
+    """
     if model is not None:
-        return [Architecture(ckpt.source, "model spec", lambda meta: model)], ""
+        how = "model spec" if ckpt.arch is not None else "given module"
+        return [Architecture(ckpt.source, how, lambda meta: model)], ""
+    if isinstance(arch, nn.Module):
+        return [given_module(ckpt, arch)], ""
     if arch is not None:
         return [given_architecture(ckpt, arch, seed)], ""
     found = identify(ckpt, ckpt.path, notify)
@@ -88,8 +113,8 @@ def conv_signature(convs: list[TargetConv]) -> list[tuple]:
 
 
 def note(message: str) -> None:
-    """A note on stderr: what takes long happens once (building the architecture index for new package versions)."""
-    print(f"note: {message}", file=sys.stderr)
+    """A notice: what takes long happens once (building the architecture index for new package versions)."""
+    notice(message)
 
 
 def describe_target(target: str | Path, arch: str | None = None, trust_pickle: bool = False,
@@ -107,7 +132,8 @@ def describe_target(target: str | Path, arch: str | None = None, trust_pickle: b
         identification = {"arch": options[0].spec, "how": options[0].how, "text": options[0].describe(),
                           "also": same, "differing": differ}
         if differ:
-            identification["text"] += (f"; {', '.join(differ)} also match(es) with other strides: a transplant "
+            verb = "also matches" if len(differ) == 1 else "also match"
+            identification["text"] += (f"; {', '.join(differ)} {verb} with other strides: a transplant "
                                        "compares their plans")
     else:
         convs = estimated_convs(ckpt)
@@ -145,7 +171,7 @@ def default_output(target: str | Path) -> Path:
     """`<target stem>_lg<suffix>` in the current folder (`<model>_lg.safetensors` for a model spec, `<name>_lg/`
     for a folder)."""
     if isinstance(target, str) and is_model_spec(target):
-        return Path(f"{target.split(':', 1)[1].replace('.', '_')}_lg.safetensors")
+        return Path(f"{spec_name(target).replace('.', '_')}_lg.safetensors")
     p = Path(target)
     if p.is_dir():
         return Path(f"{p.resolve().name}_lg")
