@@ -121,7 +121,7 @@ def test_user_factories_are_checked(user_modules: Path) -> None:
         ("userfactories:mkdtemp", UnsafeInputError, "comes from tempfile"),  # a stdlib function re-exported
         ("userfactories:mkdtemp_alias", UnsafeInputError, "comes from tempfile"),
         ("learngene_tools.cli.app:main", UnsafeInputError, "standard library or builtins"),
-        ("learngene_tools.descendants:os", ModelError, "'os' is a module"),
+        ("learngene_tools.models.descendants:os", ModelError, "'os' is a module"),
         ("lgt:default", ModelError, "is a bundle reference"),
     ]:
         with pytest.raises(error) as e:
