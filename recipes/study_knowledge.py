@@ -127,6 +127,18 @@ def _table(rows: list[dict[str, Any]], title: str) -> list[str]:
     return lines + [""]
 
 
+def _per_learngene(rec: dict[str, Any], names: Any, metric: str) -> list[dict[str, Any]]:
+    """K and G of each named learngene arm pair of a 10 % record, Holm-corrected over them all."""
+    rows = []
+    for name in names:
+        rows += [{"cell": f"{name}: K = clkg − random-matched", "arm": f"{name} clkg",
+                  "against": f"{name} random-matched"},
+                 {"cell": f"{name}: G = clkg − scratch", "arm": f"{name} clkg", "against": "scratch"}]
+    rows = [{**r, "fraction": 0.1, "metric": metric, **paired(_diffs(rec, r["arm"], r["against"], 0.1, metric))}
+            for r in rows]
+    return correct([r for r in rows if r["n"]])
+
+
 def analyse() -> dict[str, Any]:
     """The plan's analysis over the records that exist: families per metric, and the accuracies per cell."""
     recs = {n: json.loads(p.read_text()) for n, p in records().items() if p.is_file()}
@@ -142,25 +154,9 @@ def analyse() -> dict[str, Any]:
             "S = random-matched − scratch": _family(cells_a, "random-matched", "scratch", metric),
         }
         if "study_knowledge_B" in recs:
-            rec = recs["study_knowledge_B"]
-            rows = []
-            for name in PART_B:
-                rows += [{"cell": f"{name}: K = clkg − random-matched", "arm": f"{name} clkg",
-                          "against": f"{name} random-matched"},
-                         {"cell": f"{name}: G = clkg − scratch", "arm": f"{name} clkg", "against": "scratch"}]
-            rows = [{**r, "fraction": 0.1, "metric": metric, **paired(_diffs(rec, r["arm"], r["against"], 0.1, metric))}
-                    for r in rows]
-            out["B"][metric] = correct([r for r in rows if r["n"]])
+            out["B"][metric] = _per_learngene(recs["study_knowledge_B"], PART_B, metric)
         if "study_knowledge_levers" in recs:
-            rec = recs["study_knowledge_levers"]
-            rows = []
-            for name in LEVERS:
-                rows += [{"cell": f"{name}: K = clkg − random-matched", "arm": f"{name} clkg",
-                          "against": f"{name} random-matched"},
-                         {"cell": f"{name}: G = clkg − scratch", "arm": f"{name} clkg", "against": "scratch"}]
-            rows = [{**r, "fraction": 0.1, "metric": metric, **paired(_diffs(rec, r["arm"], r["against"], 0.1, metric))}
-                    for r in rows]
-            out.setdefault("levers", {})[metric] = correct([r for r in rows if r["n"]])
+            out.setdefault("levers", {})[metric] = _per_learngene(recs["study_knowledge_levers"], LEVERS, metric)
     for n, rec in recs.items():
         for c in rec["summary"]:
             out["accuracy"].setdefault(n, []).append(
