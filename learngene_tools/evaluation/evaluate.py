@@ -85,8 +85,8 @@ def evaluate(
                   keep_dir=keep_dir)
     previous = previous_runs(paths["json"]) if (paths is not None and resume) else {}
     here = runs_on(s)
-    mixed = sorted({r.get("runs_on") or f"{str(r.get('device', 'cpu')).split(':')[0]} fp32?" for r in previous.values()}
-                   - {here})
+    # runs recorded before runs_on existed say nothing of their precision: they are not taken as this one's
+    mixed = sorted({r.get("runs_on") or "an unrecorded device and precision" for r in previous.values()} - {here})
     if mixed:
         raise SettingsError(f"{paths['json']}: holds runs on {', '.join(mixed)}, this evaluation runs on {here}; "  # type: ignore[index]
                             "resume it where it ran (--device, --precision), or write another --name")
